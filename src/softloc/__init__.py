@@ -1,0 +1,3 @@
+"""softloc: visual localization by image retrieval with soft contrastive learning."""
+
+__version__ = "0.1.0"

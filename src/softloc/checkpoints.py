@@ -1,0 +1,116 @@
+"""Training checkpoints: model (safetensors + JSON sidecar) and optimizer state, resumable.
+
+A checkpoint of step S is three files in the checkpoint folder:
+``step_S.optim.safetensors`` (optimizer state), ``step_S.safetensors`` (model weights) and
+``step_S.json`` (model meta, step, config). Each is written to a temporary name and renamed;
+the sidecar is written last, so a checkpoint is complete exactly when its sidecar exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from softloc.atomic import atomic_path
+from softloc.models import load_model, save_model
+
+_PREFIX = "step_"
+
+
+def checkpoint_path(folder: str | os.PathLike[str], step: int) -> Path:
+    """Model weights file of the checkpoint of ``step``."""
+    return Path(folder) / f"{_PREFIX}{step:08d}.safetensors"
+
+
+def _optim_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name.replace(".safetensors", ".optim.safetensors"))
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: str | os.PathLike[str]) -> Path:
+    """Write an optimizer's state dict as safetensors (tensors) + metadata (param groups)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            name = f"state.{pid}.{key}"
+            if isinstance(value, torch.Tensor):
+                tensors[name] = value.detach().contiguous().cpu()
+            else:
+                scalars[name] = value
+    metadata = {
+        "param_groups": json.dumps(state["param_groups"]),
+        "scalars": json.dumps(scalars),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: str | os.PathLike[str]) -> None:
+    """Restore an optimizer's state written by :func:`save_optimizer`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises several types on corrupt files
+        raise ValueError(f"{path}: unreadable optimizer state ({error})") from error
+    state: dict[int, dict[str, Any]] = {}
+    entries: dict[str, Any] = dict(tensors)
+    entries.update(json.loads(metadata.get("scalars", "{}")))
+    for name, value in entries.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict(
+        {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+    )
+
+
+def save_checkpoint(
+    folder: str | os.PathLike[str],
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write the checkpoint of ``step`` and delete all but the ``keep`` most recent ones."""
+    path = checkpoint_path(folder, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_optimizer(optimizer, _optim_path(path))
+    save_model(model, path, extra={**extra, "step": step})
+    for old in list_checkpoints(folder)[:-keep]:
+        for stale in (old, _optim_path(old), old.with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
+    """Complete checkpoints (sidecar present), oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for sidecar in sorted(folder.glob(f"{_PREFIX}*.json")):
+        weights = sidecar.with_suffix(".safetensors")
+        if weights.is_file() and _optim_path(weights).is_file():
+            found.append(weights)
+    return found
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Model and sidecar of a checkpoint; also restores ``optimizer`` when given."""
+    model, sidecar = load_model(path)
+    if optimizer is not None:
+        load_optimizer(optimizer, _optim_path(Path(path)))
+    return model, sidecar

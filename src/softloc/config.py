@@ -1,0 +1,322 @@
+"""Typed run configuration: dataclasses with documented defaults, YAML in, overrides, YAML out.
+
+A configuration is validated once when it is built and then frozen; the resolved configuration
+is saved next to every result so a run can be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from softloc.atomic import write_text
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the places table lives and how images are fed to the network.
+
+    Attributes:
+        root: dataset folder holding ``places.csv`` (e.g. made by ``softloc town``).
+        image_width, image_height: size the images are resized to (pixels).
+        reference_traversal: traversal whose images form the map (and training anchors).
+        cache_images: keep decoded images in memory (fast; ~32 KB per 120x90 image).
+    """
+
+    root: str = "town"
+    image_width: int = 120
+    image_height: int = 90
+    reference_traversal: str = "reference"
+    cache_images: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_width < 16 or self.image_height < 16:
+            raise ConfigError("data.image_width and data.image_height must be >= 16 pixels")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which descriptor network to build.
+
+    Attributes:
+        name: a registered model, e.g. ``small_netvlad``, ``vgg16_netvlad``.
+        weights: optional local file of pretrained backbone weights (never downloaded).
+        whitening_dim: PCA-whitening output dimension fitted after training; None keeps the
+            raw pooled descriptor.
+        options: extra keyword arguments of the model builder (e.g. ``num_clusters``).
+    """
+
+    name: str = "small_netvlad"
+    weights: str | None = None
+    whitening_dim: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.whitening_dim is not None and self.whitening_dim < 1:
+            raise ConfigError("model.whitening_dim must be a positive integer or null")
+
+
+@dataclass(frozen=True)
+class TupleConfig:
+    """How training tuples are drawn (the authors' defaults are 12 + 12 within 15 m / 30 deg).
+
+    Attributes:
+        n_near: images near the anchor per tuple.
+        n_far: images far from the anchor per tuple.
+        near_radius: near images lie within this distance of the anchor (metres).
+        far_radius: far images lie at least this far from the anchor (metres).
+        max_heading_deg: near images look within this angle of the anchor's heading.
+        far_spacing: far images of one tuple are at least this far from each other (metres).
+        band_fraction: share of far images drawn from the band [far_radius, band_radius], so
+            that the tuple holds pairs whose distances fall where soft weights change.
+        band_radius: outer radius of that band (metres).
+        anchor_spacing: anchors are drawn along the reference drive about this far apart.
+    """
+
+    n_near: int = 6
+    n_far: int = 6
+    near_radius: float = 10.0
+    far_radius: float = 15.0
+    max_heading_deg: float = 30.0
+    far_spacing: float = 10.0
+    band_fraction: float = 0.5
+    band_radius: float = 40.0
+    anchor_spacing: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.n_near < 1 or self.n_far < 1:
+            raise ConfigError("tuples.n_near and tuples.n_far must be >= 1")
+        if not 0 < self.near_radius <= self.far_radius:
+            raise ConfigError("tuples.near_radius must be > 0 and <= tuples.far_radius")
+        if self.band_radius < self.far_radius:
+            raise ConfigError("tuples.band_radius must be >= tuples.far_radius")
+        if not 0.0 <= self.band_fraction <= 1.0:
+            raise ConfigError("tuples.band_fraction must lie in [0, 1]")
+        if self.far_spacing < 0 or self.anchor_spacing < 0:
+            raise ConfigError("tuples.far_spacing and tuples.anchor_spacing must be >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training loss, by registered name, with its keyword arguments.
+
+    Attributes:
+        name: ``soft_contrastive``, ``triplet`` ...
+        influence: influence function of the soft loss (``sigmoid``, ``linear``, ``tanh``,
+            ``step``); ignored by losses that take none.
+        influence_options: keyword arguments of the influence function.
+        options: keyword arguments of the loss.
+    """
+
+    name: str = "soft_contrastive"
+    influence: str = "sigmoid"
+    influence_options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule, checkpoints, logging and validation.
+
+    Attributes:
+        steps: total optimisation steps (one tuple per step).
+        steps_per_epoch: the learning rate is multiplied by ``lr_decay`` after each epoch.
+        lr: Adam learning rate.
+        lr_decay: factor applied per epoch (0.5 halves it, as the authors do).
+        weight_decay: Adam weight decay.
+        seed: seeds the network initialisation and every tuple draw.
+        checkpoint_every: steps between checkpoints (the last step is always saved).
+        keep_checkpoints: how many recent checkpoints to keep on disk.
+        val_every: steps between validations (0 disables them).
+        val_queries: number of held-out queries used per validation.
+        val_threshold: a validation query is correct within this distance (metres).
+        log_every: steps between rows of the training log.
+        num_threads: torch CPU threads (0 keeps torch's default).
+    """
+
+    steps: int = 2000
+    steps_per_epoch: int = 1000
+    lr: float = 1e-4
+    lr_decay: float = 0.5
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    val_every: int = 500
+    val_queries: int = 200
+    val_threshold: float = 10.0
+    log_every: int = 10
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.steps_per_epoch < 1:
+            raise ConfigError("train.steps and train.steps_per_epoch must be >= 1")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            raise ConfigError("train.lr must be > 0 and train.lr_decay in (0, 1]")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
+            raise ConfigError(
+                "train.checkpoint_every, train.keep_checkpoints and train.log_every must be >= 1"
+            )
+        if self.val_every < 0 or self.val_queries < 1:
+            raise ConfigError("train.val_every must be >= 0 and train.val_queries >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tuples: TupleConfig = field(default_factory=TupleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a (simple) type annotation, converting ints to floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'{where}{k}' for k in unknown)}; "
+            f"valid keys: {', '.join(f'{where}{k}' for k in known)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where or 'config'}: {error}") from error
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from nested plain values."""
+    return _build(RunConfig, values or {}, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain values of a config dataclass (JSON/YAML-able)."""
+    return dataclasses.asdict(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return path, yaml.safe_load(raw)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``values`` with dotted ``key=value`` overrides applied."""
+    result = _deep_copy(values)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a value is invalid; the message names
+            the file and the key.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (see configs/ for examples)")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        values = loaded or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    values = apply_overrides(values, overrides or [])
+    try:
+        return config_from_dict(values)
+    except ConfigError as error:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{error}") from error
+
+
+def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    return write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,229 @@
+"""The table of places: one row per image, with its camera position and labels.
+
+Every dataset reader produces a :class:`PlaceTable`; everything downstream (tuples, maps,
+evaluation) reads only this table, never a dataset's own format. On disk it is one CSV,
+``places.csv``, in the dataset root; image paths are relative to that root.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from softloc.atomic import write_text
+
+#: Columns of the canonical CSV, in order.
+COLUMNS: tuple[str, ...] = (
+    "path",
+    "x",
+    "y",
+    "yaw",
+    "timestamp",
+    "traversal",
+    "condition",
+    "split",
+)
+_FLOAT_COLUMNS = ("x", "y", "yaw", "timestamp")
+PLACES_FILE = "places.csv"
+
+
+class PlacesError(ValueError):
+    """A table of places is malformed; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class PlaceTable:
+    """Images with positions (metres), heading (radians), time (seconds) and labels.
+
+    Attributes:
+        path: (N,) image paths relative to ``root``.
+        x, y: (N,) position in metres (e.g. UTM easting, northing).
+        yaw: (N,) heading in radians, counter-clockwise from the +x axis.
+        timestamp: (N,) seconds.
+        traversal: (N,) name of the drive the image belongs to.
+        condition: (N,) appearance condition (overcast, night, ...).
+        split: (N,) ``train``, ``val`` or ``test``.
+        root: folder the paths are relative to.
+    """
+
+    path: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    yaw: np.ndarray
+    timestamp: np.ndarray
+    traversal: np.ndarray
+    condition: np.ndarray
+    split: np.ndarray
+    root: Path = Path(".")
+
+    def __post_init__(self) -> None:
+        n = len(self.path)
+        for f in fields(self):
+            if f.name == "root":
+                continue
+            value = np.asarray(getattr(self, f.name))
+            if f.name in _FLOAT_COLUMNS:
+                value = value.astype(np.float64)
+            else:
+                value = value.astype(str)
+            if value.shape != (n,):
+                raise PlacesError(f"column '{f.name}' has shape {value.shape}, expected ({n},)")
+            object.__setattr__(self, f.name, value)
+        object.__setattr__(self, "root", Path(self.root))
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    @property
+    def xy(self) -> np.ndarray:
+        """(N, 2) positions in metres."""
+        return np.stack([self.x, self.y], axis=1)
+
+    def image_path(self, i: int) -> Path:
+        """Absolute path of image ``i``."""
+        return self.root / self.path[i]
+
+    def subset(self, index: np.ndarray) -> PlaceTable:
+        """Rows selected by a boolean mask or an integer index array, in that order."""
+        index = np.asarray(index)
+        return PlaceTable(
+            **{
+                f.name: getattr(self, f.name)[index]
+                for f in fields(self)
+                if f.name != "root"
+            },
+            root=self.root,
+        )
+
+    def where(
+        self,
+        split: str | None = None,
+        condition: str | None = None,
+        traversal: str | None = None,
+    ) -> PlaceTable:
+        """Rows matching every given label."""
+        mask = np.ones(len(self), dtype=bool)
+        if split is not None:
+            mask &= self.split == split
+        if condition is not None:
+            mask &= self.condition == condition
+        if traversal is not None:
+            mask &= self.traversal == traversal
+        return self.subset(mask)
+
+    def conditions(self) -> list[str]:
+        """Distinct conditions in order of first appearance."""
+        return list(dict.fromkeys(self.condition.tolist()))
+
+    def traversals(self) -> list[str]:
+        """Distinct traversals in order of first appearance."""
+        return list(dict.fromkeys(self.traversal.tolist()))
+
+    @classmethod
+    def concat(cls, tables: list[PlaceTable]) -> PlaceTable:
+        """Rows of several tables sharing one root."""
+        if not tables:
+            raise PlacesError("cannot concatenate an empty list of place tables")
+        return cls(
+            **{
+                f.name: np.concatenate([getattr(t, f.name) for t in tables])
+                for f in fields(cls)
+                if f.name != "root"
+            },
+            root=tables[0].root,
+        )
+
+    def to_csv_text(self) -> str:
+        """The table as canonical CSV text."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for i in range(len(self)):
+            writer.writerow(
+                [
+                    self.path[i],
+                    repr(float(self.x[i])),
+                    repr(float(self.y[i])),
+                    repr(float(self.yaw[i])),
+                    repr(float(self.timestamp[i])),
+                    self.traversal[i],
+                    self.condition[i],
+                    self.split[i],
+                ]
+            )
+        return buffer.getvalue()
+
+
+def write_places(table: PlaceTable, path: str | os.PathLike[str]) -> Path:
+    """Write ``table`` as canonical CSV, atomically."""
+    return write_text(path, table.to_csv_text())
+
+
+def read_places(
+    path: str | os.PathLike[str], check_images: bool = False
+) -> PlaceTable:
+    """Read a canonical places CSV (or a dataset folder holding ``places.csv``).
+
+    Args:
+        path: the CSV file, or the dataset root that holds ``places.csv``.
+        check_images: also check that every image file exists.
+
+    Raises:
+        PlacesError: missing file or column, unparsable or NaN coordinates, missing images;
+            the message names the file, the row and what to do.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PLACES_FILE
+    if not path.is_file():
+        raise PlacesError(
+            f"{path}: no such places file; generate a dataset with `softloc town --out DIR` "
+            "or point to the folder that holds places.csv"
+        )
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise PlacesError(
+                f"{path}: missing column(s) {', '.join(missing)}; the header must hold "
+                f"{', '.join(COLUMNS)}"
+            )
+        rows = list(reader)
+    if not rows:
+        raise PlacesError(f"{path}: the table has a header but no rows")
+    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    for line, row in enumerate(rows, start=2):
+        for c in COLUMNS:
+            value = row[c]
+            if c in _FLOAT_COLUMNS:
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    raise PlacesError(
+                        f"{path}, line {line}: column '{c}' holds {value!r}, not a number"
+                    ) from None
+                if not np.isfinite(number):
+                    raise PlacesError(
+                        f"{path}, line {line}: column '{c}' is {value!r}; every image needs a "
+                        "finite position, heading and timestamp: drop or fix the row"
+                    )
+                columns[c].append(number)
+            else:
+                if value is None or value == "":
+                    raise PlacesError(f"{path}, line {line}: column '{c}' is empty")
+                columns[c].append(value)
+    table = PlaceTable(**{c: np.asarray(v) for c, v in columns.items()}, root=path.parent)
+    if check_images:
+        absent = [p for p in table.path if not (table.root / p).is_file()]
+        if absent:
+            raise PlacesError(
+                f"{path}: {len(absent)} image(s) listed but not found under {table.root}, "
+                f"e.g. {absent[0]}; regenerate the dataset or remove those rows"
+            )
+    return table

@@ -1,0 +1,116 @@
+"""Name-keyed registries of losses and influence functions (timm style).
+
+A loss or influence class registers itself with a decorator in its own module::
+
+    @register_loss("soft_contrastive")
+    class SoftContrastiveLoss(nn.Module): ...
+
+and is then built by name, e.g. from a configuration file::
+
+    loss = create_loss("soft_contrastive", alpha=2.0, influence=create_influence("linear"))
+
+The tables are filled once, when :mod:`softloc.losses` is imported (importing this module
+imports the package first, so every loss of the package is registered before any look-up).
+Registering a name twice is an error, so two modules can never silently replace each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+_ClassT = TypeVar("_ClassT", bound=type)
+
+_LOSSES: dict[str, type] = {}
+_INFLUENCES: dict[str, type] = {}
+
+
+def _register(table: dict[str, type], kind: str, name: str) -> Callable[[_ClassT], _ClassT]:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a {kind} must be registered under a non-empty string, got {name!r}")
+
+    def decorator(cls: _ClassT) -> _ClassT:
+        if name in table:
+            raise ValueError(
+                f"{kind} name {name!r} is already registered to {table[name].__name__}; "
+                f"register {cls.__name__} under another name"
+            )
+        table[name] = cls
+        return cls
+
+    return decorator
+
+
+def _create(table: dict[str, type], kind: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    if name not in table:
+        known = ", ".join(sorted(table))
+        raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {known}")
+    return table[name](**kwargs)
+
+
+def register_loss(name: str) -> Callable[[_ClassT], _ClassT]:
+    """Class decorator registering a loss module under ``name``.
+
+    Args:
+        name: the name :func:`create_loss` will accept, e.g. ``"soft_contrastive"``.
+
+    Raises:
+        ValueError: if ``name`` is empty or already taken.
+    """
+    return _register(_LOSSES, "loss", name)
+
+
+def register_influence(name: str) -> Callable[[_ClassT], _ClassT]:
+    """Class decorator registering an influence function under ``name``.
+
+    Args:
+        name: the name :func:`create_influence` will accept, e.g. ``"sigmoid"``.
+
+    Raises:
+        ValueError: if ``name`` is empty or already taken.
+    """
+    return _register(_INFLUENCES, "influence function", name)
+
+
+def create_loss(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered loss by name.
+
+    Args:
+        name: one of :func:`available_losses`.
+        **kwargs: constructor arguments of that loss (see docs/losses.md).
+
+    Returns:
+        The loss module, called as ``loss(descriptors (B, D), distances (B, B) metres)``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones) or bad arguments.
+    """
+    return _create(_LOSSES, "loss", name, kwargs)
+
+
+def create_influence(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered influence function by name.
+
+    Args:
+        name: one of :func:`available_influences` (``sigmoid``, ``linear``, ``tanh``, ``step``).
+        **kwargs: constructor arguments, e.g. ``steepness=0.8, midpoint=15.0`` for sigmoid.
+
+    Returns:
+        A module mapping distances in metres to ``(w_near, w_far)``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones) or bad arguments.
+    """
+    return _create(_INFLUENCES, "influence function", name, kwargs)
+
+
+def available_losses() -> list[str]:
+    """Names accepted by :func:`create_loss`, sorted."""
+    return sorted(_LOSSES)
+
+
+def available_influences() -> list[str]:
+    """Names accepted by :func:`create_influence`, sorted."""
+    return sorted(_INFLUENCES)
