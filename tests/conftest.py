@@ -19,7 +19,9 @@ def make_drive_table(
     write_images: bool = True,
     size: tuple[int, int] = (32, 24),
 ) -> PlaceTable:
-    """A straight east-bound street; one drive per traversal; x < 70 train, x > 80 test.
+    """A straight east-bound street; one drive per traversal.
+
+    Regions: x < 70 train, 80 <= x < 100 test, x > 105 val (the gaps hold no images).
 
     Images are seeded noise whose mean colour drifts with x, so that they differ by place.
     """
@@ -29,7 +31,7 @@ def make_drive_table(
     for t, (traversal, condition) in enumerate(traversals.items()):
         offset = 0.5 * t
         for i, x in enumerate(np.arange(0.0, length, spacing)):
-            if 70 <= x <= 80:
+            if 70 <= x < 80 or 100 <= x <= 105:
                 continue
             path = f"images/{traversal}/{i:05d}.png"
             if write_images:
@@ -44,7 +46,7 @@ def make_drive_table(
             rows["timestamp"].append(1000.0 * t + i)
             labels["traversal"].append(traversal)
             labels["condition"].append(condition)
-            labels["split"].append("train" if x < 70 else "test")
+            labels["split"].append("train" if x < 70 else "test" if x < 100 else "val")
     table = PlaceTable(**{k: np.asarray(v) for k, v in {**rows, **labels}.items()}, root=root)
     write_places(table, root / "places.csv")
     return table

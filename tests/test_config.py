@@ -40,9 +40,20 @@ def test_bad_values_are_rejected(override: str, message: str) -> None:
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no such config file"):
+    with pytest.raises(ConfigError, match="no such config file or preset"):
         load_config(tmp_path / "none.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_config(broken)
+
+
+def test_presets_load_and_validate() -> None:
+    from softloc.config import available_presets
+
+    assert {"demo", "vgg16_netvlad"} <= set(available_presets())
+    demo = load_config("demo")
+    assert demo.model.name == "small_netvlad" and demo.loss.name == "soft_contrastive"
+    paper = load_config("vgg16_netvlad", ["train.steps=5"])
+    assert paper.tuples.n_near == 12 and paper.model.whitening_dim == 256
+    assert paper.train.steps == 5

@@ -29,19 +29,23 @@ class DataConfig:
 
     Attributes:
         root: dataset folder holding ``places.csv`` (e.g. made by ``softloc town``).
-        image_width, image_height: size the images are resized to (pixels).
+        image_width, image_height: size the images are resized to (pixels); null keeps the
+            model preset's input size.
         reference_traversal: traversal whose images form the map (and training anchors).
         cache_images: keep decoded images in memory (fast; ~32 KB per 120x90 image).
     """
 
     root: str = "town"
-    image_width: int = 120
-    image_height: int = 90
+    image_width: int | None = None
+    image_height: int | None = None
     reference_traversal: str = "reference"
     cache_images: bool = True
 
     def __post_init__(self) -> None:
-        if self.image_width < 16 or self.image_height < 16:
+        sizes = (self.image_width, self.image_height)
+        if (sizes[0] is None) != (sizes[1] is None):
+            raise ConfigError("give both data.image_width and data.image_height, or neither")
+        if sizes[0] is not None and min(sizes) < 16:
             raise ConfigError("data.image_width and data.image_height must be >= 16 pixels")
 
 
@@ -300,8 +304,12 @@ def load_config(
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if not path.is_file() and str(path) in available_presets():
+            path = preset_path(str(path))
         if not path.is_file():
-            raise ConfigError(f"{path}: no such config file (see configs/ for examples)")
+            raise ConfigError(
+                f"{path}: no such config file or preset; presets: {available_presets()}"
+            )
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
@@ -315,6 +323,16 @@ def load_config(
     except ConfigError as error:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{error}") from error
+
+
+def preset_path(name: str) -> Path:
+    """File of a configuration preset shipped with softloc (e.g. ``demo``)."""
+    return Path(__file__).parent / "configs" / f"{name}.yaml"
+
+
+def available_presets() -> list[str]:
+    """Names of the configuration presets shipped with softloc."""
+    return sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
 
 
 def save_config(config: Any, path: str | os.PathLike[str]) -> Path:

@@ -101,12 +101,7 @@ class Trainer:
                 f"{self.places.root}: no places with split 'train'; the dataset needs a "
                 "training region"
             )
-        size = (config.data.image_width, config.data.image_height)
-        self.store = ImageStore(
-            [self.places.image_path(i) for i in range(len(self.places))],
-            size,
-            cache=config.data.cache_images,
-        )
+        self.store: ImageStore | None = None
         self.train_rows = np.flatnonzero(self.places.split == "train")
         self.sampler = TupleSampler(
             self.train_places, config.tuples, config.data.reference_traversal
@@ -134,15 +129,26 @@ class Trainer:
             queries = np.sort(rng.choice(queries, cfg.train.val_queries, replace=False))
         return ValidationSet(reference=reference, queries=queries)
 
-    def _new_model(self) -> DescriptorModel:
+    def _attach_store(self, model: DescriptorModel) -> ImageStore:
+        """The image store at the model's input size (shared by training and validation)."""
+        width, height = model.meta["preprocessing"]["image_size"]
+        if self.store is None or self.store.size != (width, height):
+            self.store = ImageStore(
+                [self.places.image_path(i) for i in range(len(self.places))],
+                (width, height),
+                cache=self.config.data.cache_images,
+            )
+        return self.store
+
+    def initial_model(self) -> DescriptorModel:
+        """The untrained model of this run: seeded initialisation, pooling initialised."""
         cfg = self.config
         seed_everything(cfg.train.seed)
-        model = create_model(
-            cfg.model.name,
-            weights=cfg.model.weights,
-            image_size=(cfg.data.image_width, cfg.data.image_height),
-            **cfg.model.options,
-        )
+        options = dict(cfg.model.options)
+        if cfg.data.image_width is not None:
+            options["image_size"] = (cfg.data.image_width, cfg.data.image_height)
+        model = create_model(cfg.model.name, weights=cfg.model.weights, **options)
+        self._attach_store(model)
         rng = np.random.default_rng([cfg.train.seed, 1])
         sample = rng.choice(self.train_rows, min(256, len(self.train_rows)), replace=False)
         model.init_pooling(self.store.batch(sample[i : i + 64]) for i in range(0, len(sample), 64))
@@ -181,14 +187,15 @@ class Trainer:
         checkpoints = list_checkpoints(self.checkpoint_dir) if resume else []
         if checkpoints:
             model, sidecar = load_checkpoint(checkpoints[-1])
+            self._attach_store(model)
             optimizer = self._optimizer(model)
             load_checkpoint(checkpoints[-1], optimizer)
-            start = int(sidecar["step"])
+            start = int(sidecar["extra"]["step"])
             logger.info("resuming %s from step %d", self.out, start)
         else:
             if resume:
                 logger.info("no checkpoint in %s: starting from scratch", self.checkpoint_dir)
-            model = self._new_model()
+            model = self.initial_model()
             optimizer = self._optimizer(model)
         train_log = _CsvLog(self.out / "train_log.csv", ["step", "loss", "lr", "seconds"], start)
         val_log = _CsvLog(self.out / "val_log.csv", ["step", "top1"], start)
@@ -257,8 +264,9 @@ class Trainer:
         optimizer.step()
         return float(loss.detach())
 
-    def finish(self, model: DescriptorModel) -> Path:
-        """Fit the PCA-whitening if configured and write the final model file."""
+    def finish(self, model: DescriptorModel, path: str | os.PathLike[str] | None = None) -> Path:
+        """Fit the PCA-whitening if configured and write the model (default: the run's final
+        model file)."""
         cfg = self.config
         if cfg.model.whitening_dim is not None:
             rng = np.random.default_rng([cfg.train.seed, 3])
@@ -267,7 +275,7 @@ class Trainer:
                 model, self.store, np.sort(rows), progress=self.progress, desc="whitening"
             )
             model.set_whitening(fit_pca_whitening(descriptors, cfg.model.whitening_dim))
-        path = self.out / FINAL_MODEL
+        path = Path(path) if path is not None else self.out / FINAL_MODEL
         save_model(model, path, extra={"config": config_to_dict(cfg), "step": cfg.train.steps})
         logger.info("wrote %s", path)
         return path

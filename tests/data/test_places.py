@@ -22,7 +22,7 @@ def test_where_and_subset(street) -> None:
     test_night = street.where(split="test", condition="night")
     assert len(test_night) > 0
     assert set(test_night.split) == {"test"} and set(test_night.condition) == {"night"}
-    assert np.all(test_night.x > 80)
+    assert np.all((test_night.x >= 80) & (test_night.x < 100))
     assert street.subset(np.array([2, 0])).path.tolist() == [street.path[2], street.path[0]]
 
 

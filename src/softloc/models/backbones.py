@@ -124,7 +124,8 @@ class ResNet18Trunk(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         full = resnet18(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = full.conv1, full.bn1, full.relu, full.maxpool
+        self.conv1, self.bn1, self.relu = full.conv1, full.bn1, full.relu
+        self.maxpool = full.maxpool
         self.layer1, self.layer2 = full.layer1, full.layer2
         self.layer3, self.layer4 = full.layer3, full.layer4
 

@@ -130,7 +130,9 @@ class NetVLAD(nn.Module):
     ) -> None:
         super().__init__()
         if num_clusters < 1 or dim < 1:
-            raise ValueError(f"NetVLAD needs num_clusters >= 1 and dim >= 1, got {num_clusters=}, {dim=}")
+            raise ValueError(
+                f"NetVLAD needs num_clusters >= 1 and dim >= 1, got {num_clusters=}, {dim=}"
+            )
         if alpha <= 0:
             raise ValueError(f"NetVLAD alpha must be positive, got {alpha}")
         self.num_clusters = num_clusters
@@ -144,7 +146,9 @@ class NetVLAD(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map ``(B, C, H, W)`` -> L2-normalised descriptors ``(B, K * C)``."""
         if x.ndim != 4 or x.shape[1] != self.dim:
-            raise ValueError(f"NetVLAD expects (B, {self.dim}, H, W) features, got {tuple(x.shape)}")
+            raise ValueError(
+                f"NetVLAD expects (B, {self.dim}, H, W) features, got {tuple(x.shape)}"
+            )
         if self.normalize_input:
             x = F.normalize(x, dim=1)
         soft_assign = self.assignment(x).flatten(2).softmax(dim=1)  # (B, K, N)

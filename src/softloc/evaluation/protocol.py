@@ -1,0 +1,105 @@
+"""The evaluation protocol: every query of a split against each map, per condition.
+
+Queries are the split's images whose traversal is not one of the map's reference traversals;
+each model describes them once, the map returns the top-K references, and accuracy is
+reported per condition with the upper bound. Results go to ``results.json`` (the layout of
+:func:`softloc.evaluation.report.evaluate_retrieval`, keyed model -> condition), a Markdown
+table ``results.md`` and the curves ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softloc.atomic import write_json, write_text
+from softloc.data.places import PlaceTable
+from softloc.evaluation.metrics import DEFAULT_THRESHOLDS
+from softloc.evaluation.report import (
+    curves_from_results,
+    evaluate_retrieval,
+    format_table,
+    plot_curves,
+)
+from softloc.extract import extract_descriptors
+from softloc.localize import image_store, load_map_model
+from softloc.mapping import Map
+
+logger = logging.getLogger(__name__)
+
+RESULTS_JSON = "results.json"
+RESULTS_TABLE = "results.md"
+CURVES_PNG = "curves.png"
+
+
+def query_places(places: PlaceTable, the_map: Map, split: str) -> PlaceTable:
+    """Images of ``split`` that are not references of ``the_map`` (by traversal)."""
+    in_split = places.where(split=split)
+    reference = set(the_map.places.traversal.tolist())
+    queries = in_split.subset(~np.isin(in_split.traversal, list(reference)))
+    if len(queries) == 0:
+        raise ValueError(
+            f"{places.root}: no query images in split '{split}' outside the map's traversals "
+            f"{sorted(reference)}"
+        )
+    return queries
+
+
+def evaluate_map(
+    map_dir: str | os.PathLike[str],
+    places: PlaceTable,
+    split: str = "test",
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    top_k: int = 5,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Metrics per condition of one map: ``{condition: evaluate_retrieval(...)}``."""
+    the_map = Map.load(map_dir)
+    model = load_map_model(map_dir)
+    queries = query_places(places, the_map, split)
+    store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
+    descriptors = extract_descriptors(model, store, progress=progress, desc="queries")
+    _, retrieved = the_map.search(descriptors, top_k)
+    results = {}
+    for condition in queries.conditions():
+        mask = queries.condition == condition
+        results[condition] = evaluate_retrieval(
+            queries.xy[mask], the_map.places.xy, retrieved[mask], thresholds
+        )
+    return results
+
+
+def write_results(
+    results: Mapping[str, Mapping[str, Any]], out: str | os.PathLike[str], title: str = ""
+) -> str:
+    """Write ``results.json``, ``results.md`` and ``curves.png``; return the Markdown table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RESULTS_JSON, results)
+    table = format_table(results)
+    write_text(out / RESULTS_TABLE, (f"# {title}\n\n" if title else "") + table)
+    curves, upper = curves_from_results(results)
+    plot_curves(curves, upper, out / CURVES_PNG, title=title or None)
+    return table
+
+
+def evaluate_maps(
+    maps: Mapping[str, str | os.PathLike[str]],
+    places: PlaceTable,
+    out: str | os.PathLike[str],
+    split: str = "test",
+    progress: bool = True,
+) -> str:
+    """Evaluate several maps (one per model) on the same queries; write and return the table."""
+    if not maps:
+        raise ValueError("give at least one map to evaluate")
+    results = {
+        name: evaluate_map(path, places, split=split, progress=progress)
+        for name, path in maps.items()
+    }
+    return write_results(results, out, title=f"top-N accuracy on split '{split}'")
