@@ -165,6 +165,24 @@ def test_hand_value_with_and_without_mining():
     assert per_row.tolist() == pytest.approx(mined_rows, rel=1e-12, abs=1e-15)
 
 
+def test_hardest_positive_never_exceeds_strongest_positive():
+    # Equilateral tuple at the sigmoid midpoint: every d_ij = 15 m, so w_near = w_far = 0.5,
+    # and every f_i . f_j = 0.8 (f_k = (c, r cos t_k, r sin t_k), t_k = 0, 120, 240 degrees,
+    # c^2 = 13/15 so that c^2 - r^2 / 2 = 0.8). Hence s+_ij = s-_ij = 0.4 for all pairs.
+    # Mining, row i: hardest negative 0.4, positives kept (0.4 < 0.5). Strongest positive
+    # M = 0.4; every off-diagonal shortfall 0.5 (0.8 - 0.4) = 0.2 > 0, so the hardest positive
+    # is min(M, M + 0.2) = 0.4 and the negatives are kept (0.4 > 0.3).
+    # With lambda = 0.4 every exponent is 0: row = log(1 + 2)/2 + log(1 + 2)/50.
+    c = math.sqrt(13 / 15)
+    r = math.sqrt(1 - c * c)
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
+    descriptors = torch.stack([torch.full_like(angles, c), r * angles.cos(), r * angles.sin()], 1)
+    distances = torch.full((3, 3), 15.0, dtype=torch.float64).fill_diagonal_(0.0)
+    loss = SoftContrastiveLoss(SigmoidInfluence(0.8, 15.0), lamb=0.4, reduction="none")
+    expected = math.log(3) / 2 + math.log(3) / 50
+    assert loss(descriptors, distances).tolist() == pytest.approx([expected] * 3, rel=1e-9)
+
+
 # --------------------------------------------------------------------- naive double loop
 
 

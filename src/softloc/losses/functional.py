@@ -195,8 +195,9 @@ def _mine_pairs(
     s_far = torch.where(not_self, w_far * similarity, zero)
     hardest_negative = s_far.amax(dim=1, keepdim=True)
     strongest_positive = s_near.amax(dim=1, keepdim=True)
+    # The zero left on the diagonal is the "min(0, ...)": P_i never exceeds M_i.
     shortfall = torch.where(not_self, w_near * (similarity - strongest_positive), zero)
-    hardest_positive = strongest_positive + shortfall.amin(dim=1, keepdim=True).clamp(max=0.0)
+    hardest_positive = strongest_positive + shortfall.amin(dim=1, keepdim=True)
     keep_near = s_near < hardest_negative + eps
     keep_far = s_far > hardest_positive - eps
     return keep_near, keep_far

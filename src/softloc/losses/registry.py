@@ -16,6 +16,7 @@ Registering a name twice is an error, so two modules can never silently replace 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,7 +48,16 @@ def _create(table: dict[str, type], kind: str, name: str, kwargs: dict[str, Any]
     if name not in table:
         known = ", ".join(sorted(table))
         raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {known}")
-    return table[name](**kwargs)
+    cls = table[name]
+    signature = inspect.signature(cls)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as error:
+        accepted = ", ".join(signature.parameters)
+        raise ValueError(
+            f"bad arguments for {kind} {name!r} ({error}); it accepts: {accepted}"
+        ) from error
+    return cls(**kwargs)
 
 
 def register_loss(name: str) -> Callable[[_ClassT], _ClassT]:

@@ -36,8 +36,10 @@ from softloc.models.pooling import (
     available_poolings,
     create_pooling,
     gem,
+    get_pooling_factory,
     register_pooling,
 )
+from softloc.models.raw import RawImage, Thumbnail, thumbnail
 from softloc.models.whitening import PCAWhitening, fit_pca_whitening
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "ModelPreset",
     "NetVLAD",
     "PCAWhitening",
+    "RawImage",
+    "Thumbnail",
     "WeightsNotFoundError",
     "available_backbones",
     "available_models",
@@ -58,6 +62,7 @@ __all__ = [
     "create_pooling",
     "fit_pca_whitening",
     "gem",
+    "get_pooling_factory",
     "load_backbone_weights",
     "load_model",
     "model_from_meta",
@@ -66,4 +71,5 @@ __all__ = [
     "register_pooling",
     "save_model",
     "sidecar_path",
+    "thumbnail",
 ]

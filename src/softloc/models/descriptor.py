@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softloc.models.backbones import create_backbone
-from softloc.models.pooling import _POOLINGS, create_pooling
+from softloc.models.pooling import create_pooling, get_pooling_factory
 from softloc.models.whitening import PCAWhitening
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ _PRESETS: Mapping[str, ModelPreset] = {
     # CPU-friendly models for the synthetic-town demo.
     "small_netvlad": ModelPreset("small", "netvlad", {"num_clusters": 16}, (120, 90)),
     "small_gem": ModelPreset("small", "gem", {"p": 3.0}, (120, 90)),
+    # Sanity baseline: mean-removed 32 x 24 thumbnails of the raw pixels (no parameters).
+    "raw_pixels": ModelPreset("raw", "thumbnail", {"grid": [24, 32]}, (120, 90)),
 }
 
 _OVERRIDABLE = ("backbone", "pooling", "pooling_kwargs", "image_size", "mean", "std")
@@ -315,9 +317,7 @@ def model_from_meta(meta: Mapping[str, Any]) -> DescriptorModel:
 
 def _resolve_pooling_kwargs(pooling: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """All keyword arguments of the pooling, defaults filled in, checked to be JSON-able."""
-    factory = _POOLINGS.get(pooling)
-    if factory is None:
-        return dict(kwargs)  # create_pooling reports the unknown name
+    factory = get_pooling_factory(pooling)
     if "dim" in kwargs:
         raise ValueError("pooling_kwargs must not set 'dim': it is the backbone's channel count")
     try:

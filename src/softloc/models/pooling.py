@@ -43,16 +43,26 @@ def available_poolings() -> list[str]:
     return sorted(_POOLINGS)
 
 
+def get_pooling_factory(name: str) -> PoolingFactory:
+    """The registered pooling class (or factory) called ``name``.
+
+    Raises:
+        ValueError: unknown name (the known ones are listed).
+    """
+    if name not in _POOLINGS:
+        raise ValueError(f"unknown pooling {name!r}; known poolings: {available_poolings()}")
+    return _POOLINGS[name]
+
+
 def create_pooling(name: str, dim: int, **kwargs: Any) -> nn.Module:
     """Build a pooling layer by name for feature maps with ``dim`` channels.
 
     Raises:
         ValueError: unknown name or invalid keyword arguments.
     """
-    if name not in _POOLINGS:
-        raise ValueError(f"unknown pooling {name!r}; known poolings: {available_poolings()}")
+    factory = get_pooling_factory(name)
     try:
-        return _POOLINGS[name](dim=dim, **kwargs)
+        return factory(dim=dim, **kwargs)
     except TypeError as error:
         raise ValueError(f"invalid arguments {kwargs} for pooling {name!r}: {error}") from error
 
