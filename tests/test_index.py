@@ -92,15 +92,16 @@ def test_ivf_recall_against_flat(kind) -> None:
     assert recall_at_10() == 1.0 if kind == "ivf" else recall_at_10() >= 0.95
 
 
+@pytest.mark.parametrize("mmap", [False, True])
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
-def test_save_load_round_trip(tmp_path, kind) -> None:
+def test_save_load_round_trip(tmp_path, kind, mmap) -> None:
     rng = np.random.default_rng(2)
     refs, queries = unit_rows(rng, 300, 16), unit_rows(rng, 10, 16)
     index = DescriptorIndex(16, kind=kind, nlist=4, m=4, nbits=4, nprobe=2)
     index.train(refs)
     index.add(refs)
     path = index.save(tmp_path / "index.faiss")
-    loaded = DescriptorIndex.load(path)
+    loaded = DescriptorIndex.load(path, mmap=mmap)
     assert (loaded.kind, loaded.dim, loaded.ntotal, loaded.nprobe) == (kind, 16, 300, index.nprobe)
     assert (loaded.nlist, loaded.m, loaded.nbits, loaded.metric) == (
         index.nlist,
@@ -110,6 +111,15 @@ def test_save_load_round_trip(tmp_path, kind) -> None:
     )
     for a, b in zip(index.search(queries, 5), loaded.search(queries, 5), strict=True):
         np.testing.assert_array_equal(a, b)
+    if mmap:  # FAISS would abort the process on add to a mapped index: we must raise first
+        with pytest.raises(DescriptorIndexError, match="read-only"):
+            loaded.add(refs[:2])
+        if kind != "flat":
+            with pytest.raises(DescriptorIndexError, match="read-only"):
+                loaded.train(refs)
+    else:
+        loaded.add(refs[:2])
+        assert loaded.ntotal == 302
 
 
 def test_default_nlist() -> None:

@@ -128,6 +128,7 @@ class DescriptorIndex:
             ivfpq = faiss.downcast_index(faiss.extract_index_ivf(self._index))
             ivfpq.do_polysemous_training = False
         self.nprobe = nprobe if kind != "flat" else 0
+        self._read_only = False
 
     def _factory_string(self) -> str:
         if self.kind == "flat":
@@ -169,6 +170,7 @@ class DescriptorIndex:
         """
         if self.kind == "flat":
             return
+        self._check_writable()
         x = as_float32_rows(x, self.dim, "training descriptors")
         needed = max(self.nlist, 2**self.nbits if self.kind == "ivfpq" else 0)
         if len(x) < needed:
@@ -190,6 +192,7 @@ class DescriptorIndex:
         Raises:
             DescriptorIndexError: untrained IVF index, wrong shape, NaN values.
         """
+        self._check_writable()
         if not self.is_trained:
             raise DescriptorIndexError(
                 f"the {self.kind} index is not trained; call train(x) on sample descriptors "
@@ -204,6 +207,13 @@ class DescriptorIndex:
             )
         for start in range(0, len(x), ADD_BATCH_ROWS):
             self._index.add(as_float32_rows(x[start : start + ADD_BATCH_ROWS], self.dim))
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise DescriptorIndexError(
+                "this index was loaded memory-mapped (read-only); load it with mmap=False "
+                "to add or train"
+            )
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest descriptors of each query, best first.
@@ -246,8 +256,15 @@ class DescriptorIndex:
         return write_with(path, lambda tmp: faiss.write_index(self._index, str(tmp)))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DescriptorIndex:
+    def load(cls, path: str | os.PathLike[str], mmap: bool = False) -> DescriptorIndex:
         """Read an index written by :meth:`save`.
+
+        Args:
+            path: the index file.
+            mmap: map the stored vectors from the file instead of reading them: opening is
+                instant and only the pages a search touches are read (all of them for
+                ``flat``, the visited cells for IVF). The index is then read-only:
+                :meth:`add` and :meth:`train` raise.
 
         Raises:
             DescriptorIndexError: missing, unreadable or unsupported file.
@@ -255,13 +272,17 @@ class DescriptorIndex:
         path = Path(path)
         if not path.is_file():
             raise DescriptorIndexError(f"{path}: no such index file")
+        # IO_FLAG_MMAP_IFC (recent faiss) also maps flat indexes; older faiss maps IVF only.
+        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) if mmap else 0
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index(str(path), flags)
         except RuntimeError as error:
             raise DescriptorIndexError(
                 f"{path}: not a readable FAISS index ({str(error).splitlines()[0]})"
             ) from None
-        return cls._wrap(index, path)
+        wrapped = cls._wrap(index, path)
+        wrapped._read_only = mmap
+        return wrapped
 
     @classmethod
     def _wrap(cls, index: faiss.Index, source: Path) -> DescriptorIndex:
@@ -270,6 +291,7 @@ class DescriptorIndex:
         if metric is None:
             raise DescriptorIndexError(f"{source}: unsupported metric type {index.metric_type}")
         self = cls.__new__(cls)
+        self._read_only = False
         self.dim = int(index.d)
         self.metric = metric
         self._index = index

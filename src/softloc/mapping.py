@@ -282,7 +282,10 @@ class Map:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], verify: bool = False) -> Map:
-        """Open a map folder written by :meth:`save`; descriptors stay on disk (memmap).
+        """Open a map folder written by :meth:`save`; descriptors and index stay on disk.
+
+        Descriptors are a read-only ``np.memmap`` and the index is memory-mapped (read-only),
+        so opening costs the places table and the manifest only.
 
         Args:
             folder: the map folder.
@@ -330,7 +333,7 @@ class Map:
                 f"{manifest['count']}; {_REBUILD}"
             )
         try:
-            index = DescriptorIndex.load(folder / INDEX_FILE)
+            index = DescriptorIndex.load(folder / INDEX_FILE, mmap=True)
         except DescriptorIndexError as error:
             raise MapError(f"{error}; {_REBUILD}") from None
         if index.ntotal != manifest["count"] or index.dim != manifest["dim"]:

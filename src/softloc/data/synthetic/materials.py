@@ -110,8 +110,9 @@ def _house_texture(walls, idx, u, z, albedo, material, key, where) -> None:
     fz = storey_f - storey_i
     in_grid = (bay_i >= 0) & (bay_i < n_bays) & (z >= z0) & (z < height - 0.9)
     owner = walls.owner[idx]
-    keep_rand = hash_unit(owner, bay_i, storey_i, 7)
-    keep = keep_rand < np.where(front, walls.window_keep[idx], 0.35)
+    # One random number per window place: whether it holds a window, its shade, its key.
+    window_rand = hash_unit(owner, bay_i, storey_i)
+    keep = window_rand < np.where(front, walls.window_keep[idx], 0.35)
     half_w = walls.win_w[idx] / 2
     win_h = walls.win_h[idx]
     sill = 0.28
@@ -129,38 +130,40 @@ def _house_texture(walls, idx, u, z, albedo, material, key, where) -> None:
     alb[pillar | string_course] = trim[pillar | string_course]
     mat[string_course] = LEDGE
     glass = walls.glass[idx]
-    shade = 0.75 + 0.5 * hash_unit(owner, bay_i, storey_i, 11)
-    alb[window] = glass[window] * shade[window, None]
+    shade = 0.75 + 0.5 * ((window_rand[window] * 977.0) % 1.0)
+    alb[window] = glass[window] * shade[:, None].astype(np.float32)
     mat[window] = WINDOW
-    k[window] = hash_unit(owner, bay_i, storey_i, 3)[window]
+    k[window] = window_rand[window]
     alb[sill_band | cornice] = trim[sill_band | cornice]
     mat[sill_band | cornice] = LEDGE
 
     # Ground floor of shops: glass front, a sign with coloured panels above it.
-    if shop.any():
-        su0, su1 = walls.sign_u0[idx], walls.sign_u1[idx]
-        sz0, sz1 = walls.sign_z0[idx], walls.sign_z1[idx]
-        across = (u >= su0) & (u <= su1)
-        sign = shop & across & (z >= sz0) & (z <= sz1)
-        panel = np.floor((u - su0) / np.maximum(su1 - su0, 0.1) * walls.sign_panels[idx])
-        even = (panel % 2) == 0
-        sign_colour = np.where(even[:, None], walls.sign_a[idx], walls.sign_b[idx])
-        # A lettering band inside each panel in the other colour.
-        band = (np.abs((z - sz0) / np.maximum(sz1 - sz0, 0.1) - 0.5) < 0.18) & (
-            hash_unit(owner, np.floor(u * 2.5), 5) < 0.6
+    s = np.flatnonzero(shop & (z < ground_h))
+    if len(s):
+        si = idx[s]
+        us, zs = u[s], z[s]
+        su0, su1 = walls.sign_u0[si], walls.sign_u1[si]
+        sz0, sz1 = walls.sign_z0[si], walls.sign_z1[si]
+        across = (us >= su0) & (us <= su1)
+        sign = across & (zs >= sz0) & (zs <= sz1)
+        panel = np.floor((us - su0) / np.maximum(su1 - su0, 0.1) * walls.sign_panels[si])
+        even = ((panel % 2) == 0)[:, None]
+        # A band of "lettering" across the middle of each panel, in the other colour.
+        band = (np.abs((zs - sz0) / np.maximum(sz1 - sz0, 0.1) - 0.5) < 0.18) & (
+            hash_unit(owner[s], np.floor(us * 2.5), 5) < 0.6
         )
-        sign_colour = np.where(
-            band[:, None], np.where(even[:, None], walls.sign_b[idx], walls.sign_a[idx]),
-            sign_colour,
-        )
-        alb[sign] = sign_colour[sign]
-        mat[sign] = SIGN
-        k[sign] = hash_unit(owner, 41)[sign]
-        shop_glass = shop & across & (z > 0.5) & (z < sz0 - 0.25)
-        shop_glass &= np.abs(((u - su0) % 3.0) - 1.5) < 1.38  # mullions every 3 m
-        alb[shop_glass] = glass[shop_glass] * 1.1
-        mat[shop_glass] = SHOP_GLASS
-        k[shop_glass] = hash_unit(owner, np.floor(u / 3.0), 99)[shop_glass]
+        first = np.where(even, walls.sign_a[si], walls.sign_b[si])
+        second = np.where(even, walls.sign_b[si], walls.sign_a[si])
+        sign_colour = np.where(band[:, None], second, first)
+        alb[s[sign]] = sign_colour[sign]
+        mat[s[sign]] = SIGN
+        k[s[sign]] = hash_unit(owner[s[sign]], 41)
+        shop_glass = across & (zs > 0.5) & (zs < sz0 - 0.25)
+        shop_glass &= np.abs(((us - su0) % 3.0) - 1.5) < 1.38  # mullions every 3 m
+        g = s[shop_glass]
+        alb[g] = glass[g] * 1.1
+        mat[g] = SHOP_GLASS
+        k[g] = hash_unit(owner[g], np.floor(u[g] / 3.0), 99)
 
     door_w = walls.door_w[idx]
     door = front & (door_w > 0) & (np.abs(u - walls.door_u[idx]) < door_w / 2) & (

@@ -16,10 +16,10 @@ import math
 import numpy as np
 
 from softloc.data.synthetic import materials as M
+from softloc.data.synthetic.billboards import draw_sprites
 from softloc.data.synthetic.camera import Camera, GBuffer, Pose
 from softloc.data.synthetic.conditions import shade
 from softloc.data.synthetic.scene import DriveScene, make_drive_scene
-from softloc.data.synthetic.sprites import BIN, LAMP, PERSON, SIGN, TREE, Sprites
 from softloc.data.synthetic.walls import Walls
 from softloc.data.synthetic.world import ROAD_HALF, SIDEWALK, World
 
@@ -27,8 +27,6 @@ from softloc.data.synthetic.world import ROAD_HALF, SIDEWALK, World
 LAYERS = 4
 #: Walls nearer than this (metres) are clipped.
 NEAR = 0.3
-#: Sprites farther than this (metres) are not drawn.
-SPRITE_DISTANCE = 90.0
 
 
 def rasterise(scene: DriveScene, pose: Pose, camera: Camera) -> GBuffer:
@@ -110,7 +108,7 @@ def rasterise(scene: DriveScene, pose: Pose, camera: Camera) -> GBuffer:
         g.y[on_ground] = gy
         g.lateral[on_ground] = lateral
 
-    _draw_sprites(g, scene.sprites, pose, camera)
+    draw_sprites(g, scene.sprites, pose, camera)
     return g
 
 
@@ -172,137 +170,6 @@ def _cast(
     depth = t[rows, nearest]
     along = u[rows, nearest] * walls.length[visible][nearest]
     return depth, visible[nearest], np.nan_to_num(along)
-
-
-def _draw_sprites(g: GBuffer, sprites: Sprites, pose: Pose, camera: Camera) -> None:
-    """Draw billboards back to front where they are nearer than what is there."""
-    if len(sprites) == 0:
-        return
-    cos_y, sin_y = math.cos(pose.yaw), math.sin(pose.yaw)
-    rx, ry = sprites.x - pose.x, sprites.y - pose.y
-    depth = rx * cos_y + ry * sin_y
-    lateral = rx * sin_y - ry * cos_y
-    spread = 0.5 * camera.width / camera.focal
-    reach = np.maximum(sprites.size, sprites.width) + 0.5
-    f = camera.focal
-    tall = sprites.top * f / np.maximum(depth, 1e-3) > 2.0
-    seen = (depth > 1.0) & (depth < SPRITE_DISTANCE) & (np.abs(lateral) < depth * spread + reach)
-    seen &= tall
-    order = np.flatnonzero(seen)
-    order = order[np.argsort(-depth[order], kind="stable")]
-    if len(order) == 0:
-        return
-    shape = (camera.height, camera.width)
-    views = _Views(g, shape)
-    for i in order:
-        _draw_one(views, sprites, int(i), float(depth[i]), float(lateral[i]), pose, camera)
-
-
-class _Views:
-    """2-D views of the G-buffer arrays for drawing rectangles of pixels."""
-
-    def __init__(self, g: GBuffer, shape: tuple[int, int]) -> None:
-        self.albedo = g.albedo.reshape(*shape, 3)
-        self.material = g.material.reshape(shape)
-        self.depth = g.depth.reshape(shape)
-        self.x = g.x.reshape(shape)
-        self.y = g.y.reshape(shape)
-        self.z = g.z.reshape(shape)
-        self.nx = g.nx.reshape(shape)
-        self.ny = g.ny.reshape(shape)
-        self.light = g.light.reshape(*shape, 3)
-
-
-def _draw_one(
-    views: _Views, sprites: Sprites, i: int, depth: float, lateral: float, pose: Pose,
-    camera: Camera,
-) -> None:
-    """Draw sprite ``i`` at forward ``depth`` and ``lateral`` offset (metres)."""
-    f = camera.focal
-    scale = f / depth  # pixels per metre
-    centre_col = 0.5 * camera.width + lateral * scale
-    h = camera.height_m
-    kind = int(sprites.kind[i])
-    top = float(sprites.top[i])
-    size = float(sprites.size[i])
-    half = max(float(sprites.width[i]), size) * scale if kind in (TREE, SIGN, LAMP) else (
-        0.5 * float(sprites.width[i]) * scale
-    )
-    half = max(half, 0.5) + 0.5
-    c0 = max(int(math.floor(centre_col - half)), 0)
-    c1 = min(int(math.ceil(centre_col + half)) + 1, camera.width)
-    r0 = max(int(math.floor(0.5 * camera.height + (h - top) * scale)) - 1, 0)
-    r1 = min(int(math.ceil(0.5 * camera.height + h * scale)) + 1, camera.height)
-    if c0 >= c1 or r0 >= r1:
-        return
-    cols = np.arange(c0, c1) + 0.5
-    rows = np.arange(r0, r1) + 0.5
-    # Metric coordinates of the pixel grid on the billboard: across (m) and height z (m).
-    across = ((cols - centre_col) / scale)[None, :]
-    z = (h - (rows - 0.5 * camera.height) / scale)[:, None]
-    parts = _sprite_parts(kind, sprites, i, across, z, scale)
-    nearer = views.depth[r0:r1, c0:c1] > depth
-    normal_x, normal_y = -math.cos(pose.yaw), -math.sin(pose.yaw)
-    for mask, colour, material in parts:
-        m = mask & nearer
-        if not m.any():
-            continue
-        views.albedo[r0:r1, c0:c1][m] = colour if np.ndim(colour) == 1 else colour[m]
-        views.material[r0:r1, c0:c1][m] = material
-        views.depth[r0:r1, c0:c1][m] = depth
-        views.x[r0:r1, c0:c1][m] = sprites.x[i]
-        views.y[r0:r1, c0:c1][m] = sprites.y[i]
-        views.z[r0:r1, c0:c1][m] = np.broadcast_to(z, m.shape)[m]
-        views.nx[r0:r1, c0:c1][m] = normal_x
-        views.ny[r0:r1, c0:c1][m] = normal_y
-        if material == M.LAMP_HEAD:
-            views.light[r0:r1, c0:c1][m] = sprites.colour_b[i]
-
-
-def _sprite_parts(
-    kind: int, sprites: Sprites, i: int, across: np.ndarray, z: np.ndarray, scale: float
-) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """(mask, albedo, material) of each part of sprite ``i``, later parts drawn on top.
-
-    ``across`` (1, C) and ``z`` (R, 1) are metric coordinates of the pixel centres.
-    """
-    top = float(sprites.top[i])
-    size = float(sprites.size[i])
-    width = max(float(sprites.width[i]), 0.6 / scale)  # at least about a pixel wide
-    a = sprites.colour_a[i]
-    b = sprites.colour_b[i]
-    body = (np.abs(across) <= width / 2) & (z >= 0)
-    if kind == TREE:
-        crown_z = top - size
-        trunk = body & (z < crown_z)
-        crown = (across / size) ** 2 + ((z - crown_z) / (0.9 * size)) ** 2 <= 1.0
-        # Leaves: blotches fixed to the tree in metres so the texture is the same every view.
-        leaf = M.hash_unit(sprites.key[i], np.floor(across * 2.2 + 50), np.floor(z * 2.2), 31)
-        colour = a[None, None, :] * (0.65 + 0.7 * leaf[..., None]).astype(np.float32)
-        colour = np.broadcast_to(colour, crown.shape + (3,))
-        return [(trunk, b, M.TRUNK), (crown, colour, M.FOLIAGE)]
-    if kind == LAMP:
-        pole = body & (z < top)
-        head = (np.abs(across) <= 0.35) & (z >= top - 0.25) & (z <= top)
-        return [(pole, a, M.POLE), (head, np.array([0.75, 0.75, 0.72], np.float32), M.LAMP_HEAD)]
-    if kind == SIGN:
-        post = body & (z < top - size)
-        r = ((across / (size / 2)) ** 2 + ((z - (top - size / 2)) / (size / 2)) ** 2)
-        plate = r <= 1.0
-        symbol = r <= 0.45
-        return [(post, np.array([0.5, 0.5, 0.5], np.float32), M.POLE), (plate, a, M.PLATE),
-                (symbol, b, M.PLATE)]
-    if kind == PERSON:
-        legs = body & (z < 0.85) & (np.abs(across) <= width / 2.8)
-        coat = body & (z >= 0.85) & (z < top - 0.25)
-        head = (across / 0.11) ** 2 + ((z - (top - 0.12)) / 0.13) ** 2 <= 1.0
-        skin = np.array([0.78, 0.62, 0.5], np.float32)
-        return [(legs, b, M.PERSON), (coat, a, M.PERSON), (head, skin, M.PERSON)]
-    if kind == BIN:
-        box = body & (z < top)
-        lid = box & (z > top - 0.1)
-        return [(box, a, M.BIN), (lid, a * 0.5, M.BIN)]
-    return []
 
 
 def render_view(

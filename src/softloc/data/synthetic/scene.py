@@ -140,7 +140,7 @@ def _appearance(rng: np.random.Generator, condition: str) -> Appearance:
 
 
 def _empty_like(walls: Walls) -> Walls:
-    return Walls(**{f.name: getattr(walls, f.name)[:0] for f in fields(Walls)})
+    return Walls(**{f.name: getattr(walls, f.name)[:0] for f in fields(Walls) if f.init})
 
 
 def _parked_cars(rng: np.random.Generator, world: World) -> Walls:

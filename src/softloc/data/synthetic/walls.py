@@ -7,7 +7,7 @@ Texture parameters are per wall so that one vectorised function draws every faca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -17,6 +17,12 @@ PLAIN = 1  # side or back of a building: few windows
 CAR = 2  # side of a parked car
 
 _VECTOR_FIELDS = ("base", "trim", "glass", "door_colour", "sign_a", "sign_b")
+
+#: Colours per wall, looked up by slot: houses use base, plinth, trim, glass, door, sign
+#: colour a, sign colour b, shop glass; cars use body, bumper, tail light, glass, tyre.
+PALETTE_SLOTS = 8
+(BASE, PLINTH, TRIM, GLASS, DOOR_SLOT, SIGN_A, SIGN_B, SHOP_GLASS_SLOT) = range(8)
+(BODY, BUMPER, TAIL_LIGHT, CAR_GLASS_SLOT, TYRE) = range(5)
 
 
 @dataclass(frozen=True)
@@ -74,26 +80,34 @@ class Walls:
     sign_b: np.ndarray
     sign_panels: np.ndarray
 
+    def __post_init__(self) -> None:
+        ex, ey = self.bx - self.ax, self.by - self.ay
+        length = np.hypot(ex, ey)
+        safe = np.maximum(length, 1e-9)
+        # Derived once: read on every frame.
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "normal", ((ey / safe).astype(np.float32),
+                                            (-ex / safe).astype(np.float32)))
+        object.__setattr__(self, "palette", _palette(self))
+
+    #: (N,) wall lengths, metres (derived from the end points).
+    length: np.ndarray = field(init=False, repr=False, compare=False)
+    #: x and y (N,) of the unit outward normals (derived from the end points).
+    normal: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+
+    #: (N * PALETTE_SLOTS, 3) the colours each wall uses, see :data:`PALETTE_SLOTS`.
+    palette: np.ndarray = field(init=False, repr=False, compare=False)
+
     def __len__(self) -> int:
         return len(self.ax)
-
-    @property
-    def length(self) -> np.ndarray:
-        """(N,) wall lengths, metres."""
-        return np.hypot(self.bx - self.ax, self.by - self.ay)
-
-    @property
-    def normal(self) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) x and y of the unit outward normals."""
-        ex, ey = self.bx - self.ax, self.by - self.ay
-        n = np.maximum(np.hypot(ex, ey), 1e-9)
-        return ey / n, -ex / n
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> Walls:
         """Walls from one dict per wall (keys: the field names; missing scalars are 0)."""
         columns = {}
         for f in fields(cls):
+            if not f.init:
+                continue
             if f.name in _VECTOR_FIELDS:
                 columns[f.name] = np.asarray(
                     [r.get(f.name, (0.0, 0.0, 0.0)) for r in rows], dtype=np.float32
@@ -110,10 +124,12 @@ class Walls:
     def concat(cls, parts: list[Walls]) -> Walls:
         """All walls of ``parts``, in order."""
         return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                      for f in fields(cls)})
+                      for f in fields(cls) if f.init})
 
 
-def box_walls(corners: np.ndarray, kinds: tuple[int, int, int, int], **params: object) -> list[dict]:
+def box_walls(
+    corners: np.ndarray, kinds: tuple[int, int, int, int], **params: object
+) -> list[dict]:
     """Four wall rows for a box whose ``corners`` (4, 2) run counter-clockwise.
 
     Wall ``k`` runs from corner ``k`` to corner ``k + 1`` and gets kind ``kinds[k]``; every
@@ -126,3 +142,23 @@ def box_walls(corners: np.ndarray, kinds: tuple[int, int, int, int], **params: o
         row.update(ax=float(a[0]), ay=float(a[1]), bx=float(b[0]), by=float(b[1]), kind=kinds[k])
         rows.append(row)
     return rows
+
+
+def _palette(walls: Walls) -> np.ndarray:
+    """Colours of every wall's slots, flattened to (N * PALETTE_SLOTS, 3) float32."""
+    n = len(walls.ax)
+    palette = np.zeros((n, PALETTE_SLOTS, 3), dtype=np.float32)
+    palette[:, BASE] = walls.base
+    palette[:, PLINTH] = walls.base * 0.7
+    palette[:, TRIM] = walls.trim
+    palette[:, GLASS] = walls.glass
+    palette[:, DOOR_SLOT] = walls.door_colour
+    palette[:, SIGN_A] = walls.sign_a
+    palette[:, SIGN_B] = walls.sign_b
+    palette[:, SHOP_GLASS_SLOT] = np.minimum(walls.glass * 1.1, 1.0)
+    car = walls.kind == CAR
+    palette[car, BUMPER] = walls.base[car] * 0.45
+    palette[car, TAIL_LIGHT] = (0.75, 0.12, 0.08)
+    palette[car, CAR_GLASS_SLOT] = (0.12, 0.14, 0.17)
+    palette[car, TYRE] = (0.06, 0.06, 0.06)
+    return palette.reshape(-1, 3)
