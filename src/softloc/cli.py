@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

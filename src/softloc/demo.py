@@ -69,7 +69,7 @@ def quick_config(seed: int = 0) -> DemoConfig:
     """A tiny demo (short town, a few steps) that exercises every step in well under a minute."""
     return DemoConfig(
         seed=seed,
-        town=TownConfig(seed=seed, width=48, height=36, route_length=700.0),
+        town=TownConfig(seed=seed, width=48, height=36, route_length=1000.0),
         base=(
             "train.steps=4",
             "train.steps_per_epoch=2",

@@ -68,8 +68,8 @@ def draw_sprites(g: GBuffer, sprites: Sprites, pose: Pose, camera: Camera) -> No
     s = scale[sid]
     across = (col + 0.5 - centre[sid]) / s
     z = h - (row + 0.5 - 0.5 * camera.height) / s
-    colour, material = _parts(sprites, ids, sid, kind[sid], across, z, top[sid], size[sid],
-                              width[sid])
+    colour, material, leaf = _parts(sprites, ids, sid, kind[sid], across, z, top[sid],
+                                    size[sid], width[sid])
     pixel = row * camera.width + col
     entry_depth = depth[sid]
     covered = (material > 0) & (entry_depth < g.depth[pixel])
@@ -87,6 +87,7 @@ def draw_sprites(g: GBuffer, sprites: Sprites, pose: Pose, camera: Camera) -> No
     g.x[p] = sprites.x[owner]
     g.y[p] = sprites.y[owner]
     g.z[p] = z[win]
+    g.key[p] = leaf[win]
     g.nx[p] = -cos_y
     g.ny[p] = -sin_y
     heads = material[win] == M.LAMP_HEAD
@@ -103,8 +104,10 @@ def _parts(
     top: np.ndarray,
     size: np.ndarray,
     width: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Albedo (E, 3) and material (E,) of each entry; material 0 where no part covers it.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Albedo (E, 3), material (E,) and leaf pattern (E,) in [0, 1) of each entry.
+
+    Material is 0 where no part covers an entry; the leaf pattern is 0 off tree crowns.
 
     ``across`` and ``z`` (E,) are metric coordinates on the sprite's plane; parts listed
     later are drawn over earlier ones.
@@ -112,6 +115,7 @@ def _parts(
     n = len(sid)
     colour = np.zeros((n, 3), dtype=np.float32)
     material = np.zeros(n, dtype=np.int8)
+    leaf = np.zeros(n, dtype=np.float32)
     a = sprites.colour_a[ids][sid]
     b = sprites.colour_b[ids][sid]
     body = (np.abs(across) <= width / 2) & (z >= 0)
@@ -124,11 +128,13 @@ def _parts(
     if tree.any():
         crown_z = top - size
         paint(tree & body & (z < crown_z), b, M.TRUNK)
-        crown = tree & ((across / size) ** 2 + ((z - crown_z) / (0.9 * size)) ** 2 <= 1.0)
+        radius = np.maximum(size, 1e-3)
+        crown = tree & ((across / radius) ** 2 + ((z - crown_z) / (0.9 * radius)) ** 2 <= 1.0)
         # Leaf blotches fixed to the tree in metres, so the crown looks the same every view.
         key = sprites.key[ids][sid]
-        leaf = M.hash_unit(key, np.floor(across * 2.2 + 50), np.floor(z * 2.2), 31)
-        paint(crown, a * (0.65 + 0.7 * leaf[:, None]).astype(np.float32), M.FOLIAGE)
+        blotch = M.hash_unit(key, np.floor(across * 2.2 + 50), np.floor(z * 2.2), 31)
+        paint(crown, a * (0.65 + 0.7 * blotch[:, None]).astype(np.float32), M.FOLIAGE)
+        leaf[crown] = blotch[crown]
     lamp = kind == LAMP
     if lamp.any():
         paint(lamp & body & (z < top), a, M.POLE)
@@ -137,7 +143,8 @@ def _parts(
     sign = kind == SIGN
     if sign.any():
         paint(sign & body & (z < top - size), _GREY, M.POLE)
-        r = (across / (size / 2)) ** 2 + ((z - (top - size / 2)) / (size / 2)) ** 2
+        half = np.maximum(size / 2, 1e-3)
+        r = (across / half) ** 2 + ((z - (top - half)) / half) ** 2
         paint(sign & (r <= 1.0), a, M.PLATE)
         paint(sign & (r <= 0.45), b, M.PLATE)
     person = kind == PERSON
@@ -150,4 +157,4 @@ def _parts(
     if bin_.any():
         paint(bin_ & body & (z < top), a, M.BIN)
         paint(bin_ & body & (z < top) & (z > top - 0.1), a * 0.5, M.BIN)
-    return colour, material
+    return colour, material, leaf

@@ -58,7 +58,8 @@ class GBuffer:
         depth: (P,) float32 forward distance, metres (inf for sky).
         x, y, z: (P,) float32 world position of the surface, metres.
         nx, ny: (P,) float32 horizontal unit normal (0, 0 for the ground).
-        key: (P,) float32 per-window random number in [0, 1) (0 elsewhere).
+        key: (P,) float32 random number in [0, 1) per window, shop front or sign, or the
+            leaf pattern of tree crowns (0 elsewhere).
         light: (P, 3) float32 light colour of lamp heads (0 elsewhere).
         lateral: (P,) float32 signed distance from the street centre line (ground only).
     """

@@ -28,11 +28,14 @@ from softloc.data.synthetic.camera import Camera, GBuffer, Pose
 from softloc.data.synthetic.scene import DriveScene
 from softloc.data.synthetic.sprites import LAMP
 
-_WALL_MATERIALS = np.array(
-    [M.WALL, M.WINDOW, M.LEDGE, M.SIGN, M.DOOR, M.SHOP_GLASS, M.CAR_BODY, M.CAR_GLASS, M.WHEEL,
-     M.CAR_ROOF]
-)
-_SPRITE_MATERIALS = np.array([M.FOLIAGE, M.TRUNK, M.POLE, M.LAMP_HEAD, M.PERSON, M.PLATE, M.BIN])
+# Surface category of each material code: 0 sky, 1 wall (building or car), 2 ground, 3 sprite.
+_CATEGORY = np.zeros(64, dtype=np.int8)
+_CATEGORY[[M.WALL, M.WINDOW, M.LEDGE, M.SIGN, M.DOOR, M.SHOP_GLASS, M.CAR_BODY, M.CAR_GLASS,
+           M.WHEEL, M.CAR_ROOF]] = 1
+_CATEGORY[list(M.GROUND_MATERIALS)] = 2
+_CATEGORY[[M.FOLIAGE, M.TRUNK, M.POLE, M.LAMP_HEAD, M.PERSON, M.PLATE, M.BIN]] = 3
+_IS_GLASS = np.zeros(64, dtype=bool)
+_IS_GLASS[list(M.GLASS_MATERIALS)] = True
 
 
 def shade(
@@ -43,7 +46,7 @@ def shade(
     if condition == "overcast":
         image = _overcast(g, camera)
     elif condition == "sunny":
-        image = _sunny(g, scene, camera)
+        image = _sunny(g, scene, pose, camera)
     elif condition == "night":
         image = _night(g, scene, pose, camera)
     elif condition == "snow":
@@ -57,16 +60,14 @@ def shade(
     if condition == "snow":
         _snowflakes(image, rng)
     if appearance.noise > 0:
-        image += rng.normal(0.0, appearance.noise, size=image.shape).astype(np.float32)
+        image += np.float32(appearance.noise) * rng.standard_normal(image.shape, np.float32)
     return np.clip(image, 0.0, 1.0)
 
 
 def _masks(g: GBuffer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    sky = g.material == M.SKY
-    wall = np.isin(g.material, _WALL_MATERIALS)
-    sprite = np.isin(g.material, _SPRITE_MATERIALS)
-    ground = ~(sky | wall | sprite)
-    return sky, wall, ground, sprite
+    """Boolean masks (P,) of sky, wall, ground and sprite pixels."""
+    category = _CATEGORY[g.material]
+    return category == 0, category == 1, category == 2, category == 3
 
 
 def _sky_rows(camera: Camera, top: tuple, horizon: tuple) -> np.ndarray:
@@ -81,9 +82,27 @@ def _fill_sky(image: np.ndarray, sky: np.ndarray, camera: Camera, top, horizon) 
     image[sky] = rows[np.flatnonzero(sky) // camera.width]
 
 
+def _add_clouds(
+    image: np.ndarray, sky: np.ndarray, clouds: np.ndarray, pose: Pose, camera: Camera
+) -> None:
+    """Blend white clouds (grey undersides) into the sky pixels, fixed to the world."""
+    where = np.flatnonzero(sky)
+    if len(where) == 0:
+        return
+    row, col = where // camera.width, where % camera.width
+    azimuth = np.degrees(pose.yaw - np.arctan(camera.column_slopes()))[col]
+    elevation = np.degrees(np.arctan(-camera.row_slopes()))[row]
+    a = np.mod(np.round(azimuth).astype(int), clouds.shape[0])
+    e = np.clip((elevation / 40.0 * clouds.shape[1]).astype(int), 0, clouds.shape[1] - 1)
+    cover = clouds[a, e][:, None]
+    underside = np.clip(clouds[a, np.maximum(e - 2, 0)], 0, 1)[:, None]
+    white = np.array([0.96, 0.95, 0.93], np.float32) - 0.25 * underside * (1 - cover)
+    image[where] = image[where] * (1 - cover) + white * cover
+
+
 def _fog(image: np.ndarray, g: GBuffer, distance: float, colour) -> None:
-    """Blend towards ``colour`` with weight 1 - exp(-depth / distance)."""
-    depth = np.where(np.isfinite(g.depth), g.depth, 1e6)
+    """Blend surfaces (not the sky) towards ``colour`` with weight 1 - exp(-depth / distance)."""
+    depth = np.where(np.isfinite(g.depth), g.depth, 0.0)
     weight = (1.0 - np.exp(-depth / distance)).astype(np.float32)[:, None]
     image *= 1.0 - weight
     image += weight * np.asarray(colour, dtype=np.float32)
@@ -95,20 +114,20 @@ def _overcast(g: GBuffer, camera: Camera) -> np.ndarray:
     light[wall] = 0.80 + 0.07 * g.nx[wall] + 0.03 * g.ny[wall]
     light[sprite] = 0.82
     image = g.albedo * light[:, None] * np.array([0.97, 0.98, 1.0], np.float32)
-    glass = np.isin(g.material, M.GLASS_MATERIALS)
+    glass = _IS_GLASS[g.material]
     image[glass] += np.array([0.10, 0.11, 0.12], np.float32)  # dull sky reflection
     _fill_sky(image, sky, camera, (0.72, 0.74, 0.78), (0.88, 0.89, 0.9))
     _fog(image, g, 320.0, (0.86, 0.87, 0.88))
     return image
 
 
-def _sunny(g: GBuffer, scene: DriveScene, camera: Camera) -> np.ndarray:
+def _sunny(g: GBuffer, scene: DriveScene, pose: Pose, camera: Camera) -> np.ndarray:
     appearance = scene.appearance
     sky, wall, ground, sprite = _masks(g)
     az, el = appearance.sun_azimuth, appearance.sun_elevation
     sx, sy = math.cos(az), math.sin(az)
-    sun_colour = np.array([1.0, 0.88, 0.68], np.float32) * 1.7
-    ambient = np.array([0.26, 0.31, 0.44], np.float32)
+    sun_colour = np.array([1.0, 0.86, 0.62], np.float32) * 2.8
+    ambient = np.array([0.14, 0.18, 0.32], np.float32)
     shadows = scene.shadows
     direct = np.zeros(len(g.depth), dtype=np.float32)
     # Ground: lit by sin(elevation) where no blocker is between it and the sun.
@@ -126,66 +145,89 @@ def _sunny(g: GBuffer, scene: DriveScene, camera: Camera) -> np.ndarray:
     direct[sprite] = np.where(g.z[sprite] >= top, facing * math.cos(el), 0.0)
     light = ambient[None, :] + direct[:, None] * sun_colour[None, :]
     image = g.albedo * light
-    glass = np.isin(g.material, M.GLASS_MATERIALS)
-    sky_glint = np.array([0.30, 0.42, 0.62], np.float32)
-    image[glass] += sky_glint + 0.35 * direct[glass, None]  # reflections of sky and sun
-    _fill_sky(image, sky, camera, (0.16, 0.36, 0.82), (0.58, 0.74, 0.95))
-    _fog(image, g, 500.0, (0.62, 0.74, 0.92))
-    # High contrast, slightly warm.
-    image = (image - 0.45) * 1.25 + 0.45
-    image *= np.array([1.05, 1.0, 0.92], np.float32)
+    glass = _IS_GLASS[g.material]
+    sky_glint = np.array([0.22, 0.34, 0.58], np.float32)
+    image[glass] += sky_glint + 0.6 * direct[glass, None]  # reflections of sky and sun
+    _fill_sky(image, sky, camera, (0.06, 0.22, 0.62), (0.36, 0.55, 0.85))
+    if appearance.clouds is not None:
+        _add_clouds(image, sky, appearance.clouds, pose, camera)
+    _fog(image, g, 500.0, (0.42, 0.60, 0.88))
+    # Glare when driving towards the sun: a warm veil, strongest at the top of the image.
+    towards = max(0.0, math.cos(pose.yaw - az)) ** 2 * math.cos(el)
+    if towards > 0:
+        v = camera.row_slopes()
+        veil = towards * 0.55 * np.clip(0.8 - v / max(float(v[-1]), 1e-6), 0.0, 1.0)
+        veil = np.repeat(veil.astype(np.float32), camera.width)
+        image += veil[:, None] * np.array([1.0, 0.85, 0.6], np.float32)
+    # The camera meters the bright scene (auto exposure), then high contrast, warm.
+    luminance = float(image.mean())
+    image *= np.float32(min(max(0.42 / max(luminance, 1e-3), 0.5), 1.6))
+    image = (image - 0.4) * 1.45 + 0.4
+    image *= np.array([1.06, 1.0, 0.88], np.float32)
     return image
+
+
+_AMBIENT_NIGHT = np.array([0.03, 0.035, 0.055], np.float32)
+_WARM_WINDOW = np.array([1.0, 0.78, 0.42], np.float32)
+_COOL_WINDOW = np.array([0.65, 0.78, 1.0], np.float32)
+_SHOP_LIGHT = np.array([0.95, 0.88, 0.7], np.float32)
 
 
 def _night(g: GBuffer, scene: DriveScene, pose: Pose, camera: Camera) -> np.ndarray:
     appearance = scene.appearance
-    sky, wall, ground, sprite = _masks(g)
-    n = len(g.depth)
-    light = np.tile(np.array([0.03, 0.035, 0.055], np.float32), (n, 1))
+    sky = _CATEGORY[g.material] == 0
     lit = ~sky
-    light[lit] += _lamp_light(g, scene, pose, lit)
-    light[lit] += _headlights(g, pose, lit)
+    light = np.empty((len(g.depth), 3), dtype=np.float32)
+    light[sky] = _AMBIENT_NIGHT
+    light[lit] = _AMBIENT_NIGHT + _lamp_light(g, scene, pose, lit) + _headlights(g, pose, lit)
     image = g.albedo * light
     # Emissive windows, shop fronts and signs: a per-drive random subset is on.
     material = g.material
-    key = np.floor(g.key.astype(np.float64) * 1e6)
-    chance = M.hash_unit(key, appearance.salt)
-    warm = np.array([1.0, 0.78, 0.42], np.float32)
-    cool = np.array([0.65, 0.78, 1.0], np.float32)
-    window = (material == M.WINDOW) & (chance < appearance.lit_windows)
-    tint = np.where((M.hash_unit(key, appearance.salt, 2) < 0.2)[:, None], cool, warm)
-    image[window] = (tint[window] * (0.55 + 0.45 * chance[window, None]
-                                     / max(appearance.lit_windows, 1e-6)))
-    shop = (material == M.SHOP_GLASS) & (chance < 0.6)
-    image[shop] = np.array([0.95, 0.88, 0.7], np.float32)
-    sign = (material == M.SIGN) & (chance < appearance.lit_signs)
-    image[sign] = np.clip(g.albedo[sign] * 1.3 + 0.1, 0, 1)
-    heads = material == M.LAMP_HEAD
+    glowing = np.flatnonzero((material == M.WINDOW) | (material == M.SHOP_GLASS)
+                             | (material == M.SIGN))
+    if len(glowing):
+        kind = material[glowing]
+        key = np.floor(g.key[glowing].astype(np.float64) * 1e6)
+        chance = M.hash_unit(key, appearance.salt)
+        window = (kind == M.WINDOW) & (chance < appearance.lit_windows)
+        cool = M.hash_unit(key, appearance.salt, 2) < 0.2
+        level = 0.55 + 0.45 * chance / max(appearance.lit_windows, 1e-6)
+        tint = np.where(cool[:, None], _COOL_WINDOW, _WARM_WINDOW) * level[:, None]
+        image[glowing[window]] = tint[window]
+        image[glowing[(kind == M.SHOP_GLASS) & (chance < 0.6)]] = _SHOP_LIGHT
+        sign = glowing[(kind == M.SIGN) & (chance < appearance.lit_signs)]
+        image[sign] = np.clip(g.albedo[sign] * 1.3 + 0.1, 0, 1)
+    heads = np.flatnonzero(material == M.LAMP_HEAD)
     image[heads] = g.light[heads] * 1.6
     _fill_sky(image, sky, camera, (0.012, 0.016, 0.035), (0.10, 0.075, 0.06))
     image = image.reshape(camera.height, camera.width, 3)
-    image += 0.8 * _glow(np.maximum(image - 0.75, 0.0))
+    bright = np.maximum(image - 0.75, 0.0)
+    if bright.any():
+        image += 0.8 * _glow(bright)
     return image.reshape(-1, 3)
 
 
 def _lamp_light(g: GBuffer, scene: DriveScene, pose: Pose, lit: np.ndarray) -> np.ndarray:
-    """Light (P_lit, 3) from the street lamps within 70 m of the camera."""
+    """Light (P_lit, 3) from the street lamps within 60 m of the camera (not behind it)."""
     sprites = scene.sprites
-    near = (sprites.kind == LAMP) & (np.hypot(sprites.x - pose.x, sprites.y - pose.y) < 70.0)
-    out = np.zeros((int(lit.sum()), 3), dtype=np.float32)
-    if not near.any():
-        return out
-    x, y, z = g.x[lit], g.y[lit], g.z[lit]
-    nx, ny = g.nx[lit], g.ny[lit]
-    horizontal = (nx == 0) & (ny == 0)
-    for i in np.flatnonzero(near):
-        lx, ly, lz = sprites.x[i] - x, sprites.y[i] - y, sprites.top[i] - 0.3 - z
-        d2 = lx * lx + ly * ly + lz * lz + 0.25
-        d = np.sqrt(d2)
-        cosine = np.where(horizontal, lz / d, np.maximum((nx * lx + ny * ly) / d, 0.0) * 0.8)
-        power = 7.0 * np.maximum(cosine, 0.0) / (1.0 + d2 / 6.0)
-        out += power[:, None] * sprites.colour_b[i][None, :]
-    return out
+    rx, ry = sprites.x - pose.x, sprites.y - pose.y
+    ahead = rx * math.cos(pose.yaw) + ry * math.sin(pose.yaw)
+    near = (sprites.kind == LAMP) & (np.hypot(rx, ry) < 60.0) & (ahead > -15.0)
+    lamps = np.flatnonzero(near)
+    if len(lamps) == 0:
+        return np.zeros((int(lit.sum()), 3), dtype=np.float32)
+    x, y, z = g.x[lit, None], g.y[lit, None], g.z[lit, None]
+    nx, ny = g.nx[lit, None], g.ny[lit, None]
+    lx = sprites.x[lamps].astype(np.float32) - x  # (P_lit, L)
+    ly = sprites.y[lamps].astype(np.float32) - y
+    lz = (sprites.top[lamps] - 0.3) - z
+    d2 = lx * lx + ly * ly + lz * lz + 0.25
+    inv_d = 1.0 / np.sqrt(d2)
+    # Ground faces up (normal 0, 0 in the G-buffer); walls and sprites face sideways.
+    up = (nx == 0) & (ny == 0)
+    cosine = np.where(up, lz * inv_d, 0.8 * (nx * lx + ny * ly) * inv_d)
+    power = 7.0 * np.maximum(cosine, 0.0) / (1.0 + d2 / 6.0)
+    return (power @ sprites.colour_b[lamps]).astype(np.float32)
 
 
 def _headlights(g: GBuffer, pose: Pose, lit: np.ndarray) -> np.ndarray:
@@ -203,14 +245,19 @@ def _headlights(g: GBuffer, pose: Pose, lit: np.ndarray) -> np.ndarray:
 
 
 def _glow(bright: np.ndarray) -> np.ndarray:
-    """A soft halo (H, W, 3) around bright pixels: box blur, twice, radius 3."""
-    out = bright
+    """A soft halo (H, W, 3) around bright pixels: a blur computed at half resolution."""
+    height, width = bright.shape[:2]
+    h2, w2 = (height + 1) // 2, (width + 1) // 2
+    padded = np.zeros((2 * h2, 2 * w2, 3), dtype=np.float32)
+    padded[:height, :width] = bright
+    small = padded.reshape(h2, 2, w2, 2, 3).mean(axis=(1, 3))
     for _ in range(2):
-        out = _box_blur(_box_blur(out, 3, axis=0), 3, axis=1)
-    return out * 2.5
+        small = _box_blur(_box_blur(small, 2, axis=0), 2, axis=1)
+    return 2.5 * np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)[:height, :width]
 
 
 def _box_blur(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Mean over a window of 2 r + 1 along ``axis`` (zeros beyond the edges)."""
     pad = [(0, 0)] * a.ndim
     pad[axis] = (r + 1, r)
     c = np.cumsum(np.pad(a, pad), axis=axis)
@@ -235,13 +282,12 @@ def _snow(g: GBuffer, camera: Camera) -> np.ndarray:
     settled = (material == M.LEDGE) | (material == M.CAR_ROOF)
     albedo[settled] = white
     foliage = material == M.FOLIAGE
-    flakes = M.hash_unit(np.floor(g.z * 4), np.floor((g.x + g.y) * 7), 9) < 0.55
-    albedo[foliage & flakes] = white
+    albedo[foliage & (g.key < 0.6)] = white  # snow on the leaf blotches of the crowns
     light = np.full(len(g.depth), 0.9, dtype=np.float32)
     light[wall] = 0.78 + 0.04 * g.nx[wall]
     image = albedo * light[:, None] * np.array([0.95, 0.97, 1.0], np.float32)
     _fill_sky(image, sky, camera, (0.70, 0.71, 0.73), (0.78, 0.79, 0.80))
-    _fog(image, g, 45.0, (0.78, 0.79, 0.80))
+    _fog(image, g, 38.0, (0.78, 0.79, 0.80))
     image = 0.7 * image + 0.3 * 0.72  # flat light, low contrast
     return image
 
@@ -249,7 +295,7 @@ def _snow(g: GBuffer, camera: Camera) -> np.ndarray:
 def _snowflakes(image: np.ndarray, rng: np.random.Generator) -> None:
     """Falling flakes: bright dots, some of them two pixels or short streaks (in place)."""
     height, width = image.shape[:2]
-    count = int(0.02 * height * width)
+    count = int(0.03 * height * width)
     rows = rng.integers(0, height, size=count)
     cols = rng.integers(0, width, size=count)
     level = rng.uniform(0.8, 1.0, size=count).astype(np.float32)

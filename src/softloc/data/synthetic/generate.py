@@ -8,7 +8,10 @@ an interrupted run never looks complete. The same config gives the same bytes.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +21,10 @@ from tqdm import tqdm
 from softloc.atomic import write_json, write_with
 from softloc.data.places import PLACES_FILE, PlaceTable, read_places, write_places
 from softloc.data.synthetic.camera import Camera, Pose
-from softloc.data.synthetic.config import TownConfig
+from softloc.data.synthetic.config import REGIONS, TownConfig
 from softloc.data.synthetic.drives import Drive, plan_drives
 from softloc.data.synthetic.renderer import render_view
-from softloc.data.synthetic.scene import make_drive_scene
+from softloc.data.synthetic.scene import DriveScene, make_drive_scene
 from softloc.data.synthetic.world import World, build_world
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,10 @@ logger = logging.getLogger(__name__)
 TOWN_FILE = "town.json"
 #: Bumped whenever the same config would render different images.
 GENERATOR_VERSION = 1
+#: Frames per task when rendering on several processes.
+CHUNK_FRAMES = 300
+#: Towns with fewer frames are rendered in one process when ``workers`` is None.
+PARALLEL_MIN_FRAMES = 1500
 
 
 def camera_for(config: TownConfig) -> Camera:
@@ -47,42 +54,133 @@ def generate_town(
     out: str | os.PathLike[str],
     config: TownConfig = TownConfig(),  # noqa: B008 - frozen, so a safe default
     progress: bool = True,
+    workers: int | None = None,
 ) -> PlaceTable:
     """Generate the procedural town and its drives into the folder ``out``.
 
     Every image is rendered and written again (nothing is skipped). Images of an earlier
-    town in ``out`` that the new table does not list are removed.
+    town in ``out`` that the new table does not list are removed. The bytes written do not
+    depend on ``workers``.
 
     Args:
         out: dataset folder; created if missing. It must be empty or hold an earlier town.
         config: what to generate.
         progress: show a tqdm progress bar over all frames.
+        workers: processes that render in parallel; None uses one per CPU core (at most 4),
+            and 1 for small towns (under :data:`PARALLEL_MIN_FRAMES` frames).
 
     Returns:
         The places table, as read back by :func:`~softloc.data.places.read_places`.
 
     Raises:
-        ValueError: invalid config (from :class:`TownConfig`) or ``out`` holds something
-            other than a town.
+        ValueError: invalid config (from :class:`TownConfig`), ``workers`` < 1, or ``out``
+            holds something other than a town.
     """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers}; use 1 or more processes, or None for one per core")
     out = Path(out)
     _check_target(out)
     world = build_world(config)
     drives = plan_drives(world, config)
     camera = camera_for(config)
+    total = sum(len(d) for d in drives)
+    if workers is None:
+        workers = 1 if total < PARALLEL_MIN_FRAMES else min(os.cpu_count() or 1, 4)
     # Remove the table first: until it is written again the folder does not look complete.
     (out / PLACES_FILE).unlink(missing_ok=True)
-    total = sum(len(d) for d in drives)
-    tables = []
-    with tqdm(total=total, disable=not progress, desc="town", unit="img") as bar:
-        for drive in drives:
-            tables.append(_write_drive(out, world, drive, camera, config, bar))
-    table = PlaceTable.concat(tables)
+    for drive in drives:
+        (out / "images" / drive.traversal).mkdir(parents=True, exist_ok=True)
+    level = config.png_compress_level
+    with tqdm(total=total, disable=not progress, desc="town", unit="img", mininterval=1.0) as bar:
+        if workers == 1:
+            for drive in drives:
+                scene = make_drive_scene(world, drive.condition, drive.seed)
+                _render_range(scene, drive, 0, len(drive), out, camera, level, bar.update)
+        else:
+            _render_parallel(world, drives, out, camera, level, workers, bar.update)
+    table = PlaceTable.concat([_drive_table(out, d) for d in drives])
     _remove_stale_images(out, table)
     write_json(out / TOWN_FILE, _summary(config, world, drives))
     write_places(table, out / PLACES_FILE)
     logger.info("wrote %d images of %d drives to %s", len(table), len(drives), out)
     return read_places(out)
+
+
+def image_path(drive: Drive, index: int) -> str:
+    """Path of frame ``index`` of ``drive``, relative to the dataset root."""
+    return f"images/{drive.traversal}/{index:05d}.png"
+
+
+def _render_range(
+    scene: DriveScene,
+    drive: Drive,
+    start: int,
+    stop: int,
+    out: Path,
+    camera: Camera,
+    level: int,
+    done: Callable[[int], object] | None = None,
+) -> int:
+    """Render and write frames ``start`` to ``stop`` (excluded) of ``drive``."""
+    for i in range(start, stop):
+        pose = Pose(float(drive.x[i]), float(drive.y[i]), float(drive.yaw[i]))
+        image = render_view(scene, pose, camera, frame_index=i)
+        _write_png(out / image_path(drive, i), image, level)
+        if done is not None:
+            done(1)
+    return stop - start
+
+
+def _render_chunk(
+    world: World, drive: Drive, start: int, stop: int, out: Path, camera: Camera, level: int
+) -> int:
+    """Worker task: build the drive's scene and render one stretch of its frames."""
+    scene = make_drive_scene(world, drive.condition, drive.seed)
+    return _render_range(scene, drive, start, stop, out, camera, level)
+
+
+def _render_parallel(
+    world: World,
+    drives: list[Drive],
+    out: Path,
+    camera: Camera,
+    level: int,
+    workers: int,
+    done: Callable[[int], object],
+) -> None:
+    """Render all drives in stretches of :data:`CHUNK_FRAMES` frames on ``workers`` processes.
+
+    A failure in any stretch cancels the rest and is raised here.
+    """
+    context = multiprocessing.get_context("spawn")  # safe whatever the parent has imported
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_render_chunk, world, drive, start, min(start + CHUNK_FRAMES, len(drive)),
+                        out, camera, level)
+            for drive in drives
+            for start in range(0, len(drive), CHUNK_FRAMES)
+        ]
+        try:
+            for future in as_completed(futures):
+                done(future.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _drive_table(out: Path, drive: Drive) -> PlaceTable:
+    n = len(drive)
+    return PlaceTable(
+        path=np.asarray([image_path(drive, i) for i in range(n)], dtype=str),
+        x=drive.x,
+        y=drive.y,
+        yaw=drive.yaw,
+        timestamp=drive.timestamp,
+        traversal=np.full(n, drive.traversal),
+        condition=np.full(n, drive.condition),
+        split=drive.split,
+        root=out,
+    )
 
 
 def _check_target(out: Path) -> None:
@@ -93,34 +191,6 @@ def _check_target(out: Path) -> None:
             f"{out} is not empty and holds no {TOWN_FILE}; choose an empty folder (or an "
             "earlier town's folder) so that no other files get mixed with the town"
         )
-
-
-def _write_drive(
-    out: Path, world: World, drive: Drive, camera: Camera, config: TownConfig, bar: tqdm
-) -> PlaceTable:
-    scene = make_drive_scene(world, drive.condition, drive.seed)
-    folder = out / "images" / drive.traversal
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(len(drive)):
-        pose = Pose(float(drive.x[i]), float(drive.y[i]), float(drive.yaw[i]))
-        image = render_view(scene, pose, camera, frame_index=i)
-        relative = f"images/{drive.traversal}/{i:05d}.png"
-        _write_png(out / relative, image, config.png_compress_level)
-        paths.append(relative)
-        bar.update(1)
-    n = len(drive)
-    return PlaceTable(
-        path=np.asarray(paths, dtype=str),
-        x=drive.x,
-        y=drive.y,
-        yaw=drive.yaw,
-        timestamp=drive.timestamp,
-        traversal=np.full(n, drive.traversal),
-        condition=np.full(n, drive.condition),
-        split=drive.split,
-        root=out,
-    )
 
 
 def _write_png(path: Path, image: np.ndarray, level: int) -> None:
@@ -152,7 +222,7 @@ def _summary(config: TownConfig, world: World, drives: list[Drive]) -> dict:
                 "condition": d.condition,
                 "seed": d.seed,
                 "frames": len(d),
-                "frames_per_split": {k: int((d.split == k).sum()) for k in ("train", "val", "test")},
+                "frames_per_split": {k: int((d.split == k).sum()) for k in REGIONS},
             }
             for d in drives
         ],

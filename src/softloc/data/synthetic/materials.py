@@ -10,7 +10,23 @@ from __future__ import annotations
 import numpy as np
 
 from softloc.data.synthetic.route import StreetGrid
-from softloc.data.synthetic.walls import CAR, FACADE, Walls
+from softloc.data.synthetic.walls import (
+    BUMPER,
+    CAR,
+    CAR_GLASS_SLOT,
+    DOOR_SLOT,
+    FACADE,
+    GLASS,
+    PALETTE_SLOTS,
+    PLINTH,
+    SHOP_GLASS_SLOT,
+    SIGN_A,
+    SIGN_B,
+    TAIL_LIGHT,
+    TRIM,
+    TYRE,
+    Walls,
+)
 
 # Material codes.
 SKY = 0
@@ -69,137 +85,153 @@ def wall_texture(
 
     Returns:
         albedo (P, 3) float32, material (P,) int8, window key (P,) float64 in [0, 1) that
-        identifies the window a point belongs to (0 elsewhere).
+        identifies the window, shop front or sign a point belongs to (0 elsewhere).
     """
-    albedo = walls.base[index].copy()
+    slot = np.zeros(len(index), dtype=np.int64)
     material = np.full(len(index), WALL, dtype=np.int8)
     key = np.zeros(len(index), dtype=np.float64)
+    shade = np.ones(len(index), dtype=np.float32)
     car = walls.kind[index] == CAR
-    if car.any():
-        _car_texture(walls, index[car], u[car], z[car], albedo, material, car)
-    house = ~car
-    if house.any():
-        _house_texture(walls, index[house], u[house], z[house], albedo, material, key, house)
+    if car.all():
+        _car_texture(walls, index, u, z, slot, material)
+    elif car.any():
+        c = np.flatnonzero(car)
+        h = np.flatnonzero(~car)
+        slot_c, material_c = slot[c], material[c]
+        _car_texture(walls, index[c], u[c], z[c], slot_c, material_c)
+        slot_h, material_h, key_h, shade_h = slot[h], material[h], key[h], shade[h]
+        _house_texture(walls, index[h], u[h], z[h], slot_h, material_h, key_h, shade_h)
+        slot[c], material[c] = slot_c, material_c
+        slot[h], material[h], key[h], shade[h] = slot_h, material_h, key_h, shade_h
+    else:
+        _house_texture(walls, index, u, z, slot, material, key, shade)
+    albedo = walls.palette[index * PALETTE_SLOTS + slot]
+    albedo *= shade[:, None]
     return albedo, material, key
 
 
-def _house_texture(walls, idx, u, z, albedo, material, key, where) -> None:
-    length = walls.length[idx]
-    height = walls.height[idx]
-    floor_h = walls.floor_h[idx]
-    ground_h = walls.ground_h[idx]
-    bay = walls.bay[idx]
-    offset = walls.bay_offset[idx]
-    front = walls.kind[idx] == FACADE
-    alb = albedo[where]
-    mat = material[where]
-    k = np.zeros(len(idx))
-
-    # Window grid: bays along the wall, storeys above the ground floor (or from the ground
-    # for houses without a shop).
-    n_bays = np.maximum(np.floor((length - 2 * offset) / bay), 1)
-    used = n_bays * bay
-    start = (length - used) / 2
-    bay_f = (u - start) / bay
+def _house_texture(
+    walls: Walls,
+    w: np.ndarray,
+    u: np.ndarray,
+    z: np.ndarray,
+    slot: np.ndarray,
+    material: np.ndarray,
+    key: np.ndarray,
+    shade: np.ndarray,
+) -> None:
+    """Fill palette slot, material, window key and shade of points on building walls."""
+    front = walls.kind[w] == FACADE
+    height = walls.height[w]
+    bay = walls.bay[w]
+    # Window grid: bays centred along the wall, storeys above the ground floor of shops
+    # (from the ground elsewhere).
+    length = walls.length[w]
+    n_bays = np.maximum(np.floor((length - 2 * walls.bay_offset[w]) / bay), 1)
+    bay_f = (u - (length - n_bays * bay) / 2) / bay
     bay_i = np.floor(bay_f)
-    fu = bay_f - bay_i
-    shop = (walls.shop[idx] == 1) & front
-    z0 = np.where(shop, ground_h, 0.0)
-    storey_f = (z - z0) / floor_h
+    fu = np.abs(bay_f - bay_i - 0.5)  # 0 at the bay centre, 0.5 at its edges
+    shop = (walls.shop[w] == 1) & front
+    z0 = np.where(shop, walls.ground_h[w], 0.0)
+    storey_f = (z - z0) / walls.floor_h[w]
     storey_i = np.floor(storey_f)
     fz = storey_f - storey_i
-    in_grid = (bay_i >= 0) & (bay_i < n_bays) & (z >= z0) & (z < height - 0.9)
-    owner = walls.owner[idx]
+    below_roof = z < height - 0.9
+    in_grid = (bay_i >= 0) & (bay_i < n_bays) & (z >= z0) & below_roof
     # One random number per window place: whether it holds a window, its shade, its key.
+    owner = walls.owner[w]
     window_rand = hash_unit(owner, bay_i, storey_i)
-    keep = window_rand < np.where(front, walls.window_keep[idx], 0.35)
-    half_w = walls.win_w[idx] / 2
-    win_h = walls.win_h[idx]
-    sill = 0.28
-    window = in_grid & keep & (np.abs(fu - 0.5) < half_w) & (fz > sill) & (fz < sill + win_h)
-    sill_band = (
-        in_grid & keep & (np.abs(fu - 0.5) < half_w + 0.06) & (fz > sill - 0.07) & (fz <= sill)
-    )
-    string_course = (walls.ledges[idx] == 1) & (z > z0 + 0.5) & (fz < 0.06) & (z < height - 0.9)
-    pillar = (walls.pilasters[idx] == 1) & front & in_grid & ((fu < 0.07) | (fu > 0.93))
-    cornice = z > height - 0.45
-    plinth = z < 0.45
+    keep = in_grid & (window_rand < np.where(front, walls.window_keep[w], 0.35))
+    half_w = walls.win_w[w] * 0.5
+    window = keep & (fu < half_w) & (fz > 0.28) & (fz < 0.28 + walls.win_h[w])
+    sill = keep & (fu < half_w + 0.06) & (fz > 0.21) & (fz <= 0.28)
+    course = (walls.ledges[w] == 1) & (fz < 0.06) & (z > z0 + 0.5) & below_roof
+    pillar = (walls.pilasters[w] == 1) & front & in_grid & (fu > 0.43)
+    ledge = sill | course | (z > height - 0.45)  # sills, string courses, cornice
 
-    trim = walls.trim[idx]
-    alb[plinth] *= 0.7
-    alb[pillar | string_course] = trim[pillar | string_course]
-    mat[string_course] = LEDGE
-    glass = walls.glass[idx]
-    shade = 0.75 + 0.5 * ((window_rand[window] * 977.0) % 1.0)
-    alb[window] = glass[window] * shade[:, None].astype(np.float32)
-    mat[window] = WINDOW
-    k[window] = window_rand[window]
-    alb[sill_band | cornice] = trim[sill_band | cornice]
-    mat[sill_band | cornice] = LEDGE
+    slot[z < 0.45] = PLINTH
+    slot[pillar | ledge] = TRIM
+    material[ledge] = LEDGE
+    slot[window] = GLASS
+    material[window] = WINDOW
+    key[window] = window_rand[window]
+    shade[window] = 0.75 + 0.5 * ((window_rand[window] * 977.0) % 1.0)
 
-    # Ground floor of shops: glass front, a sign with coloured panels above it.
-    s = np.flatnonzero(shop & (z < ground_h))
+    s = np.flatnonzero(shop & (z < z0))
     if len(s):
-        si = idx[s]
-        us, zs = u[s], z[s]
-        su0, su1 = walls.sign_u0[si], walls.sign_u1[si]
-        sz0, sz1 = walls.sign_z0[si], walls.sign_z1[si]
-        across = (us >= su0) & (us <= su1)
-        sign = across & (zs >= sz0) & (zs <= sz1)
-        panel = np.floor((us - su0) / np.maximum(su1 - su0, 0.1) * walls.sign_panels[si])
-        even = ((panel % 2) == 0)[:, None]
-        # A band of "lettering" across the middle of each panel, in the other colour.
-        band = (np.abs((zs - sz0) / np.maximum(sz1 - sz0, 0.1) - 0.5) < 0.18) & (
-            hash_unit(owner[s], np.floor(us * 2.5), 5) < 0.6
-        )
-        first = np.where(even, walls.sign_a[si], walls.sign_b[si])
-        second = np.where(even, walls.sign_b[si], walls.sign_a[si])
-        sign_colour = np.where(band[:, None], second, first)
-        alb[s[sign]] = sign_colour[sign]
-        mat[s[sign]] = SIGN
-        k[s[sign]] = hash_unit(owner[s[sign]], 41)
-        shop_glass = across & (zs > 0.5) & (zs < sz0 - 0.25)
-        shop_glass &= np.abs(((us - su0) % 3.0) - 1.5) < 1.38  # mullions every 3 m
-        g = s[shop_glass]
-        alb[g] = glass[g] * 1.1
-        mat[g] = SHOP_GLASS
-        k[g] = hash_unit(owner[g], np.floor(u[g] / 3.0), 99)
-
-    door_w = walls.door_w[idx]
-    door = front & (door_w > 0) & (np.abs(u - walls.door_u[idx]) < door_w / 2) & (
-        z < walls.door_h[idx]
+        _shop_front(walls, w[s], u[s], z[s], s, slot, material, key)
+    door_w = walls.door_w[w]
+    door = front & (door_w > 0) & (np.abs(u - walls.door_u[w]) < door_w / 2) & (
+        z < walls.door_h[w]
     )
-    alb[door] = walls.door_colour[idx][door]
-    mat[door] = DOOR
-    albedo[where] = alb
-    material[where] = mat
-    key[where] = k
+    slot[door] = DOOR_SLOT
+    material[door] = DOOR
 
 
-def _car_texture(walls, idx, u, z, albedo, material, where) -> None:
-    length = walls.length[idx]
-    height = walls.height[idx]
-    alb = albedo[where]
-    mat = np.full(len(idx), CAR_BODY, dtype=np.int8)
+def _shop_front(
+    walls: Walls,
+    w: np.ndarray,
+    u: np.ndarray,
+    z: np.ndarray,
+    at: np.ndarray,
+    slot: np.ndarray,
+    material: np.ndarray,
+    key: np.ndarray,
+) -> None:
+    """Ground floor of shops (points ``at`` of the output arrays): glass front and a sign.
+
+    The sign has coloured panels with a band of "lettering" in the other colour.
+    """
+    u0, u1 = walls.sign_u0[w], walls.sign_u1[w]
+    z0, z1 = walls.sign_z0[w], walls.sign_z1[w]
+    across = (u >= u0) & (u <= u1)
+    sign = across & (z >= z0) & (z <= z1)
+    panel = np.floor((u - u0) / np.maximum(u1 - u0, 0.1) * walls.sign_panels[w])
+    even = (panel % 2) == 0
+    owner = walls.owner[w]
+    letters = (np.abs((z - z0) / np.maximum(z1 - z0, 0.1) - 0.5) < 0.18) & (
+        hash_unit(owner, np.floor(u * 2.5), 5) < 0.6
+    )
+    first = even != letters
+    slot[at[sign]] = np.where(first[sign], SIGN_A, SIGN_B)
+    material[at[sign]] = SIGN
+    key[at[sign]] = hash_unit(owner[sign], 41)
+    glass = across & (z > 0.5) & (z < z0 - 0.25) & (np.abs(((u - u0) % 3.0) - 1.5) < 1.38)
+    slot[at[glass]] = SHOP_GLASS_SLOT
+    material[at[glass]] = SHOP_GLASS
+    key[at[glass]] = hash_unit(owner[glass], np.floor(u[glass] / 3.0), 99)
+
+
+def _car_texture(
+    walls: Walls, w: np.ndarray, u: np.ndarray, z: np.ndarray, slot: np.ndarray,
+    material: np.ndarray,
+) -> None:
+    """Fill palette slot and material of points on parked cars."""
+    length = walls.length[w]
+    height = walls.height[w]
+    material[:] = CAR_BODY
     side = length > 2.5
+    slot[z < 0.25] = BUMPER
+    lights = ~side & (z > 0.55) & (z < 0.75) & ((u < 0.35) | (u > length - 0.35))
+    slot[lights] = TAIL_LIGHT
     glass_low = np.where(height > 1.7, height * 0.55, height * 0.62)
     glass = (z > glass_low) & (z < height - 0.1) & (u > 0.35) & (u < length - 0.35)
-    pillar = side & (np.abs(u - length * 0.5) < 0.09)
-    glass &= ~pillar
-    alb[glass] = np.array([0.12, 0.14, 0.17], dtype=np.float32)
-    mat[glass] = CAR_GLASS
+    glass &= ~(side & (np.abs(u - length * 0.5) < 0.09))  # the pillar between the doors
+    slot[glass] = CAR_GLASS_SLOT
+    material[glass] = CAR_GLASS
     wheel_u = np.minimum(np.abs(u - 0.85), np.abs(u - (length - 0.85)))
     wheel = side & (((wheel_u / 0.34) ** 2 + ((z - 0.32) / 0.32) ** 2) < 1.0)
-    alb[wheel] = np.array([0.06, 0.06, 0.06], dtype=np.float32)
-    mat[wheel] = WHEEL
-    lights = ~side & (z > 0.55) & (z < 0.75) & ((u < 0.35) | (u > length - 0.35))
-    alb[lights] = np.array([0.75, 0.12, 0.08], dtype=np.float32)
-    bumper = z < 0.25
-    alb[bumper & ~wheel] *= 0.45
-    roof = z > height - 0.1
-    mat[roof] = CAR_ROOF
-    albedo[where] = alb
-    material[where] = mat
+    slot[wheel] = TYRE
+    material[wheel] = WHEEL
+    material[z > height - 0.1] = CAR_ROOF
+
+
+#: Ground colours after the per-block lot colours: sidewalk, curb, asphalt, road paint.
+_GROUND_COLOURS = np.array(
+    [(0.58, 0.57, 0.545), (0.72, 0.72, 0.72), (0.32, 0.32, 0.333), (0.82, 0.82, 0.82)],
+    dtype=np.float32,
+)
+_GROUND_MATERIALS = np.array([SIDEWALK, CURB, ROAD, MARKING], dtype=np.int8)
 
 
 def ground_texture(
@@ -220,53 +252,43 @@ def ground_texture(
     dx, ix = _nearest_line(grid.xs, x)
     dy, iy = _nearest_line(grid.ys, y)
     ax, ay = np.abs(dx), np.abs(dy)
-    on_v = ax < road_half
-    on_h = ay < road_half
-    road = on_v | on_h
-    # Distance to the nearest street and the coordinate along it.
-    along_v = ax <= ay
-    dist = np.where(along_v, ax, ay)
+    along_v = ax <= ay  # nearer to a street along y than to one along x
+    dist = np.minimum(ax, ay)  # from the nearest street's centre line
+    other = np.maximum(ax, ay)  # from the cross street's centre line
     signed = np.where(along_v, dx, dy)
     along = np.where(along_v, y, x)
-    other = np.where(along_v, ay, ax)  # distance to the cross street
 
-    albedo = np.empty((len(x), 3), dtype=np.float32)
-    material = np.full(len(x), LOT, dtype=np.int8)
     cols, rows = lot_colour.shape[:2]
-    bi = np.clip(np.searchsorted(grid.xs, x) - 1, 0, cols - 1)
-    bj = np.clip(np.searchsorted(grid.ys, y) - 1, 0, rows - 1)
-    albedo[:] = lot_colour[bi, bj]
+    lots = cols * rows
+    block_i = np.clip(ix - (dx < 0), 0, cols - 1)
+    block_j = np.clip(iy - (dy < 0), 0, rows - 1)
+    slot = block_i * rows + block_j
+    road = dist < road_half
+    walk = ~road & (dist < road_half + sidewalk)
+    slot[walk] = lots
+    slot[walk & (dist < road_half + 0.25)] = lots + 1
+    slot[road] = lots + 2
+    straight = road & (other > road_half + 1.0)  # not in or next to a junction
+    centre_dash = (dist < 0.09) & ((along % 9.0) < 4.5)
+    lane_edge = np.abs(dist - 3.6) < 0.07
+    node = crossing[ix, iy]
+    zebra = (node == 1) & (other < road_half + 4.0) & ((dist % 1.2) < 0.6) & (
+        dist < road_half - 0.3
+    )
+    slot[straight & (centre_dash | lane_edge | zebra)] = lots + 3
 
+    palette = np.concatenate([lot_colour.reshape(-1, 3), _GROUND_COLOURS])
     grain = hash_unit(np.floor(x * 1.5), np.floor(y * 1.5), 17).astype(np.float32)
-    walk = ~road & (np.minimum(ax, ay) < road_half + sidewalk)
-    slab = 0.56 + 0.05 * grain
-    joint = (np.abs(((along + 0.6) % 1.2) - 0.6) < 0.05) | (
-        np.abs(((dist - road_half) % 1.5) - 0.75) > 0.72
+    shade = 0.92 + 0.16 * grain
+    joint = walk & (
+        (np.abs(((along + 0.6) % 1.2) - 0.6) < 0.05)
+        | (np.abs(((dist - road_half) % 1.5) - 0.75) > 0.72)
     )
-    albedo[walk] = (slab[walk] * np.where(joint[walk], 0.85, 1.0))[:, None] * np.array(
-        [1.0, 0.98, 0.94], dtype=np.float32
-    )
-    material[walk] = SIDEWALK
-    curb = walk & (np.minimum(ax, ay) < road_half + 0.25)
-    albedo[curb] = 0.72
-    material[curb] = CURB
-
-    asphalt = 0.30 + 0.05 * grain
-    albedo[road] = asphalt[road, None] * np.array([1.0, 1.0, 1.04], dtype=np.float32)
-    material[road] = ROAD
-    junction = on_v & on_h
-    straight = road & ~junction & (other > road_half + 1.0)
-    centre_dash = straight & (dist < 0.09) & ((along % 9.0) < 4.5)
-    lane_edge = straight & (np.abs(dist - 3.6) < 0.07)
-    # Zebra crossings just before some junctions.
-    node = crossing[np.clip(ix, 0, crossing.shape[0] - 1), np.clip(iy, 0, crossing.shape[1] - 1)]
-    zebra = (
-        road & ~junction & (node == 1) & (other > road_half + 1.0) & (other < road_half + 4.0)
-        & ((dist % 1.2) < 0.6) & (dist < road_half - 0.3)
-    )
-    paint = centre_dash | lane_edge | zebra
-    albedo[paint] = 0.82
-    material[paint] = MARKING
+    shade[joint] *= 0.85
+    albedo = palette[slot] * shade[:, None]
+    material = np.full(len(x), LOT, dtype=np.int8)
+    paved = slot >= lots
+    material[paved] = _GROUND_MATERIALS[slot[paved] - lots]
     return albedo, material, signed
 
 

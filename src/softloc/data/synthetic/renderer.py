@@ -67,18 +67,17 @@ def rasterise(scene: DriveScene, pose: Pose, camera: Camera) -> GBuffer:
     for k in range(t_hit.shape[1]):
         cover = (layer < 0) & (vv >= top[None, :, k]) & (vv <= foot[None, :, k])
         layer[cover] = k
+    below = height // 2  # first row below the horizon (rows are symmetric about it)
+    ground_mask = layer[below:] < 0
     layer = layer.ravel()
-
-    pix_row = np.repeat(np.arange(height), width)
-    pix_col = np.tile(np.arange(width), height)
 
     on_wall = np.flatnonzero(layer >= 0)
     if len(on_wall):
-        col = pix_col[on_wall]
+        row, col = np.divmod(on_wall, width)
         k = layer[on_wall]
         t = t_hit[col, k]
         index = wall_hit[col, k]
-        z = h - v[pix_row[on_wall]] * t
+        z = h - v[row] * t
         albedo, material, key = M.wall_texture(walls, index, u_hit[col, k], z)
         nx_all, ny_all = walls.normal
         g.albedo[on_wall] = albedo
@@ -91,10 +90,11 @@ def rasterise(scene: DriveScene, pose: Pose, camera: Camera) -> GBuffer:
         g.nx[on_wall] = nx_all[index]
         g.ny[on_wall] = ny_all[index]
 
-    on_ground = np.flatnonzero((layer < 0) & (v[pix_row] > 0))
+    on_ground = np.flatnonzero(ground_mask) + below * width
+    on_ground = on_ground[v[on_ground // width] > 0]
     if len(on_ground):
-        col = pix_col[on_ground]
-        t = np.minimum(h / v[pix_row[on_ground]], 4 * camera.view_distance)
+        row, col = np.divmod(on_ground, width)
+        t = np.minimum(h / v[row], 4 * camera.view_distance)
         gx = pose.x + t * ray_x[col]
         gy = pose.y + t * ray_y[col]
         world = scene.world

@@ -42,6 +42,8 @@ class Appearance:
         lit_signs: share of shop signs lit at night.
         salt: integer mixed into per-drive random choices (which windows are lit).
         noise: standard deviation of the sensor noise (0-1 scale).
+        clouds: (360, 32) cloud cover in [0, 1] by azimuth (degrees, counter-clockwise
+            from +x) and elevation (0 to 40 degrees); None for a plain sky.
     """
 
     exposure: float
@@ -52,6 +54,7 @@ class Appearance:
     lit_signs: float = 0.0
     salt: int = 0
     noise: float = 0.0
+    clouds: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ def _appearance(rng: np.random.Generator, condition: str) -> Appearance:
             sun_elevation=float(np.radians(rng.uniform(35.0, 55.0))),
             salt=salt,
             noise=0.01,
+            clouds=cloud_map(rng, cover=float(rng.uniform(0.25, 0.6))),
         )
     if condition == "night":
         return Appearance(
@@ -137,6 +141,29 @@ def _appearance(rng: np.random.Generator, condition: str) -> Appearance:
             noise=float(rng.uniform(0.04, 0.06)),
         )
     return Appearance(exposure=exposure, white_balance=white_balance, salt=salt, noise=0.01)
+
+
+def cloud_map(rng: np.random.Generator, cover: float) -> np.ndarray:
+    """Fair-weather clouds: (360, 32) cover in [0, 1] over azimuth and elevation.
+
+    Two octaves of value noise (periodic in azimuth), thresholded so that about ``cover`` of
+    the sky is cloud, with soft edges.
+    """
+    noise = np.zeros((360, 32), dtype=np.float64)
+    for cells, weight in ((18, 1.0), (60, 0.45)):
+        knots = rng.random((cells, 5))
+        a = np.arange(360) * cells / 360.0
+        i = np.floor(a).astype(int)
+        fa = (a - i)[:, None]
+        e = np.linspace(0.0, 3.999, 32)
+        j = np.floor(e).astype(int)
+        fe = (e - j)[None, :]
+        i1 = (i + 1) % cells
+        lower = knots[i][:, j] * (1 - fe) + knots[i][:, j + 1] * fe
+        upper = knots[i1][:, j] * (1 - fe) + knots[i1][:, j + 1] * fe
+        noise += weight * (lower * (1 - fa) + upper * fa)
+    level = np.quantile(noise, 1.0 - cover)
+    return np.clip((noise - level) / 0.12, 0.0, 1.0).astype(np.float32)
 
 
 def _empty_like(walls: Walls) -> Walls:
