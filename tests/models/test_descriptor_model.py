@@ -22,6 +22,7 @@ IMAGES = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
 
 def test_presets() -> None:
     assert available_models() == [
+        "raw_pixels",
         "resnet18_gem",
         "resnet18_netvlad",
         "small_gem",
@@ -35,7 +36,9 @@ def test_presets() -> None:
 def test_every_model_fulfils_the_contract(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name)
-    heavy = not name.startswith("small")  # forward only: backward is slow on 2 CPU cores
+    # forward only for the big ones (backward is slow on 2 CPU cores) and for raw_pixels,
+    # which has no parameters
+    heavy = not name.startswith("small")
     with torch.set_grad_enabled(not heavy):
         features = model.forward_features(IMAGES)
         descriptors = model(IMAGES)
@@ -43,7 +46,12 @@ def test_every_model_fulfils_the_contract(name: str) -> None:
     assert descriptors.shape == (2, model.out_dim)
     assert torch.isfinite(descriptors).all()
     torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(2))
-    expected_dim = {"gem": 1, "netvlad": model.meta["pooling_kwargs"].get("num_clusters")}
+    grid = model.meta["pooling_kwargs"].get("grid", [1, 1])
+    expected_dim = {
+        "gem": 1,
+        "netvlad": model.meta["pooling_kwargs"].get("num_clusters"),
+        "thumbnail": grid[0] * grid[1],
+    }
     assert model.out_dim == model.feature_dim * expected_dim[model.meta["pooling"]]
     if not heavy:
         (descriptors[:, : descriptors.shape[1] // 2].sum() - descriptors[1].max()).backward()

@@ -48,7 +48,7 @@ class Camera:
         return (np.arange(self.height) + 0.5 - 0.5 * self.height) / self.focal
 
 
-@dataclass
+@dataclass(eq=False)
 class GBuffer:
     """Per-pixel surface attributes of one view, flattened to P = H * W pixels (row-major).
 

@@ -20,6 +20,7 @@ Every drive also has its own exposure and white balance (:class:`.scene.Appearan
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,16 +44,9 @@ def shade(
 ) -> np.ndarray:
     """Light the G-buffer under ``scene.condition``: (H, W, 3) float32 image in [0, 1]."""
     condition = scene.condition
-    if condition == "overcast":
-        image = _overcast(g, camera)
-    elif condition == "sunny":
-        image = _sunny(g, scene, pose, camera)
-    elif condition == "night":
-        image = _night(g, scene, pose, camera)
-    elif condition == "snow":
-        image = _snow(g, camera)
-    else:  # make_drive_scene has validated it already
-        raise ValueError(f"unknown condition {condition!r}")
+    if condition not in SHADERS:  # make_drive_scene has checked it already
+        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(SHADERS)}")
+    image = SHADERS[condition](g, scene, pose, camera)
     appearance = scene.appearance
     image *= appearance.exposure * appearance.white_balance[None, :]
     image = image.reshape(camera.height, camera.width, 3)
@@ -108,7 +102,8 @@ def _fog(image: np.ndarray, g: GBuffer, distance: float, colour) -> None:
     image += weight * np.asarray(colour, dtype=np.float32)
 
 
-def _overcast(g: GBuffer, camera: Camera) -> np.ndarray:
+def _overcast(g: GBuffer, scene: DriveScene, pose: Pose, camera: Camera) -> np.ndarray:
+    """Soft even light, brighter on walls facing one way, white-grey sky, mild haze."""
     sky, wall, ground, sprite = _masks(g)
     light = np.full(len(g.depth), 0.92, dtype=np.float32)
     light[wall] = 0.80 + 0.07 * g.nx[wall] + 0.03 * g.ny[wall]
@@ -122,6 +117,7 @@ def _overcast(g: GBuffer, camera: Camera) -> np.ndarray:
 
 
 def _sunny(g: GBuffer, scene: DriveScene, pose: Pose, camera: Camera) -> np.ndarray:
+    """Warm sun with cast shadows, blue ambient, blue sky with clouds, glare, high contrast."""
     appearance = scene.appearance
     sky, wall, ground, sprite = _masks(g)
     az, el = appearance.sun_azimuth, appearance.sun_elevation
@@ -174,6 +170,7 @@ _SHOP_LIGHT = np.array([0.95, 0.88, 0.7], np.float32)
 
 
 def _night(g: GBuffer, scene: DriveScene, pose: Pose, camera: Camera) -> np.ndarray:
+    """Street lamps, headlights, a random subset of lit windows and signs, glow."""
     appearance = scene.appearance
     sky = _CATEGORY[g.material] == 0
     lit = ~sky
@@ -267,7 +264,8 @@ def _box_blur(a: np.ndarray, r: int, axis: int) -> np.ndarray:
     return (hi - lo) / (2 * r + 1)
 
 
-def _snow(g: GBuffer, camera: Camera) -> np.ndarray:
+def _snow(g: GBuffer, scene: DriveScene, pose: Pose, camera: Camera) -> np.ndarray:
+    """Snow on the ground, ledges, car roofs and crowns; tyre tracks; flat light; fog."""
     sky, wall, ground, sprite = _masks(g)
     albedo = g.albedo.copy()
     material = g.material
@@ -275,10 +273,12 @@ def _snow(g: GBuffer, camera: Camera) -> np.ndarray:
     albedo[ground] = white
     road = ground & ((material == M.ROAD) | (material == M.MARKING))
     albedo[road] = 0.84
+    # Tyre tracks: two per lane, 0.8 m either side of the lane centre, ragged at the edges.
     track_pos = np.abs(np.abs(g.lateral) - 1.75)
-    tracks = road & (np.abs(track_pos - 0.8) < 0.32)
     grit = M.hash_unit(np.floor(g.x * 3), np.floor(g.y * 3), 5).astype(np.float32)
-    albedo[tracks] = (0.5 + 0.12 * grit[tracks])[:, None] * np.array([1.0, 0.98, 0.95], np.float32)
+    tracks = road & (np.abs(track_pos - 0.8) < 0.2 + 0.15 * grit)
+    slush = (0.58 + 0.12 * grit[tracks])[:, None]
+    albedo[tracks] = slush * np.array([1.0, 0.98, 0.95], np.float32)
     settled = (material == M.LEDGE) | (material == M.CAR_ROOF)
     albedo[settled] = white
     foliage = material == M.FOLIAGE
@@ -290,6 +290,15 @@ def _snow(g: GBuffer, camera: Camera) -> np.ndarray:
     _fog(image, g, 38.0, (0.78, 0.79, 0.80))
     image = 0.7 * image + 0.3 * 0.72  # flat light, low contrast
     return image
+
+
+#: Lighting of each condition: (G-buffer, scene, pose, camera) -> (P, 3) float32 image.
+SHADERS: dict[str, Callable[[GBuffer, DriveScene, Pose, Camera], np.ndarray]] = {
+    "overcast": _overcast,
+    "sunny": _sunny,
+    "night": _night,
+    "snow": _snow,
+}
 
 
 def _snowflakes(image: np.ndarray, rng: np.random.Generator) -> None:

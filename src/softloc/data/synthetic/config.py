@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 #: Appearance conditions the renderer knows, in the order drives are generated.
 CONDITIONS: tuple[str, ...] = ("overcast", "sunny", "night", "snow")
@@ -82,7 +82,7 @@ class TownConfig:
         return values
 
 
-def _fail(field: str, problem: str, fix: str) -> None:
+def _fail(field: str, problem: str, fix: str) -> NoReturn:
     raise ValueError(f"TownConfig.{field}: {problem}; {fix}")
 
 

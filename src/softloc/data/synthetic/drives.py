@@ -26,7 +26,7 @@ FIRST_DAY = 1_583_107_200.0
 START_HOUR = {"overcast": 11.0, "sunny": 14.5, "night": 22.0, "snow": 9.5}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Drive:
     """One traversal of the route.
 
@@ -104,7 +104,8 @@ def _plan_drive(
     spacing = config.frame_spacing
     # Frame positions: spacing with slowly varying jitter (+-20 %), starting at a random point.
     nominal = np.arange(0.0, route.length + 2 * spacing, spacing)
-    step = spacing * (0.8 + 0.4 * smooth_noise(rng, nominal, 60.0))
+    jitter = smooth_noise(rng, nominal, 60.0)
+    step = spacing * (1.0 + 0.4 * (jitter - jitter.mean()))  # mean exactly ``spacing``
     s = float(rng.uniform(0.0, spacing)) + np.r_[0.0, np.cumsum(step)]
     s = s[s < route.length]
 
@@ -113,7 +114,11 @@ def _plan_drive(
         wobble_deg = 1.0
     else:
         low, high = config.query_offset
-        offset = low + (high - low) * smooth_noise(rng, s, 150.0)
+        wander = smooth_noise(rng, s, 150.0)
+        # Stretched so that every drive spends time both near the reference and at the far
+        # end (the other lane), however short the route.
+        wander = (wander - wander.min()) / max(float(np.ptp(wander)), 1e-9)
+        offset = low + (high - low) * wander
         lateral = REFERENCE_LANE - offset
         wobble_deg = config.heading_jitter_deg
     lateral = np.clip(lateral, -MAX_LATERAL, MAX_LATERAL)

@@ -1,12 +1,14 @@
 """Write the town dataset to disk in the canonical layout.
 
 ``OUT/images/<traversal>/<index:05d>.png``, ``OUT/places.csv`` and ``OUT/town.json`` (the
-resolved settings and a summary). Images are written atomically, and ``places.csv`` last, so
-an interrupted run never looks complete. The same config gives the same bytes.
+resolved settings, :meth:`TownConfig.to_dict`). Images are written atomically, and
+``places.csv`` last, so an interrupted run never looks complete. The same config gives the
+same bytes.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -18,10 +20,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from softloc.atomic import write_json, write_with
+from softloc.atomic import write_json
 from softloc.data.places import PLACES_FILE, PlaceTable, read_places, write_places
 from softloc.data.synthetic.camera import Camera, Pose
-from softloc.data.synthetic.config import REGIONS, TownConfig
+from softloc.data.synthetic.config import TownConfig
 from softloc.data.synthetic.drives import Drive, plan_drives
 from softloc.data.synthetic.renderer import render_view
 from softloc.data.synthetic.scene import DriveScene, make_drive_scene
@@ -31,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: Name of the file holding the resolved settings next to ``places.csv``.
 TOWN_FILE = "town.json"
-#: Bumped whenever the same config would render different images.
-GENERATOR_VERSION = 1
 #: Frames per task when rendering on several processes.
 CHUNK_FRAMES = 300
 #: Towns with fewer frames are rendered in one process when ``workers`` is None.
@@ -85,7 +85,7 @@ def generate_town(
     camera = camera_for(config)
     total = sum(len(d) for d in drives)
     if workers is None:
-        workers = 1 if total < PARALLEL_MIN_FRAMES else min(os.cpu_count() or 1, 4)
+        workers = 1 if total < PARALLEL_MIN_FRAMES else min(_usable_cores(), 4)
     # Remove the table first: until it is written again the folder does not look complete.
     (out / PLACES_FILE).unlink(missing_ok=True)
     for drive in drives:
@@ -100,10 +100,20 @@ def generate_town(
             _render_parallel(world, drives, out, camera, level, workers, bar.update)
     table = PlaceTable.concat([_drive_table(out, d) for d in drives])
     _remove_stale_images(out, table)
-    write_json(out / TOWN_FILE, _summary(config, world, drives))
+    write_json(out / TOWN_FILE, config.to_dict())
     write_places(table, out / PLACES_FILE)
-    logger.info("wrote %d images of %d drives to %s", len(table), len(drives), out)
+    logger.info(
+        "wrote %d images of %d drives (route %.0f m, %d buildings) to %s",
+        len(table), len(drives), world.route.length, len(world.walls) // 4, out,
+    )
     return read_places(out)
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
 
 
 def image_path(drive: Drive, index: int) -> str:
@@ -125,7 +135,7 @@ def _render_range(
     for i in range(start, stop):
         pose = Pose(float(drive.x[i]), float(drive.y[i]), float(drive.yaw[i]))
         image = render_view(scene, pose, camera, frame_index=i)
-        _write_png(out / image_path(drive, i), image, level)
+        write_png(out / image_path(drive, i), image, level)
         if done is not None:
             done(1)
     return stop - start
@@ -193,37 +203,31 @@ def _check_target(out: Path) -> None:
         )
 
 
-def _write_png(path: Path, image: np.ndarray, level: int) -> None:
-    picture = Image.fromarray(image)
-    write_with(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=level))
+def write_png(path: Path, image: np.ndarray, level: int) -> None:
+    """Encode ``image`` (H, W, 3) uint8 as PNG and move it into place atomically.
+
+    The same protocol as :mod:`softloc.atomic` (temporary name beside the target, then
+    rename), with a temporary name made from the process id instead of ``mkstemp``: this runs
+    once per image, and the cheaper name halves the time spent on the file system.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=level)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _remove_stale_images(out: Path, table: PlaceTable) -> None:
+    """Delete images (and temporary files of killed runs) the new table does not list."""
     listed = {str(p) for p in table.path}
     images = out / "images"
     stale = [p for p in images.rglob("*.png") if p.relative_to(out).as_posix() not in listed]
+    stale += list(images.rglob(".*.tmp"))
     for p in stale:
         p.unlink()
     if stale:
-        logger.info("removed %d images of an earlier town from %s", len(stale), images)
-
-
-def _summary(config: TownConfig, world: World, drives: list[Drive]) -> dict:
-    return {
-        "generator": "softloc.data.synthetic",
-        "version": GENERATOR_VERSION,
-        "config": config.to_dict(),
-        "route_length_m": round(world.route.length, 3),
-        "blocks": list(world.grid.shape),
-        "buildings": len(world.walls) // 4,
-        "drives": [
-            {
-                "traversal": d.traversal,
-                "condition": d.condition,
-                "seed": d.seed,
-                "frames": len(d),
-                "frames_per_split": {k: int((d.split == k).sum()) for k in REGIONS},
-            }
-            for d in drives
-        ],
-    }
+        logger.info("removed %d files of an earlier town from %s", len(stale), images)

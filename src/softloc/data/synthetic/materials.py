@@ -69,7 +69,7 @@ def hash_unit(*keys: np.ndarray) -> np.ndarray:
         h ^= h >> np.uint32(12)
     h *= np.uint32(0x297A2D39)
     h ^= h >> np.uint32(15)
-    return h.astype(np.float64) * (1.0 / 4294967296.0)
+    return (h >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
 
 
 def wall_texture(
@@ -84,12 +84,12 @@ def wall_texture(
         z: (P,) height above the ground, metres.
 
     Returns:
-        albedo (P, 3) float32, material (P,) int8, window key (P,) float64 in [0, 1) that
+        albedo (P, 3) float32, material (P,) int8, window key (P,) float32 in [0, 1) that
         identifies the window, shop front or sign a point belongs to (0 elsewhere).
     """
     slot = np.zeros(len(index), dtype=np.int64)
     material = np.full(len(index), WALL, dtype=np.int8)
-    key = np.zeros(len(index), dtype=np.float64)
+    key = np.zeros(len(index), dtype=np.float32)
     shade = np.ones(len(index), dtype=np.float32)
     car = walls.kind[index] == CAR
     if car.all():
@@ -249,8 +249,8 @@ def ground_texture(
         albedo (P, 3) float32, material (P,) int8, and the signed distance (P,) of each point
         from the centre line of its street (metres; used for tyre tracks in snow).
     """
-    dx, ix = _nearest_line(grid.xs, x)
-    dy, iy = _nearest_line(grid.ys, y)
+    dx, ix = _nearest_line(grid.xs.astype(x.dtype), x)
+    dy, iy = _nearest_line(grid.ys.astype(y.dtype), y)
     ax, ay = np.abs(dx), np.abs(dy)
     along_v = ax <= ay  # nearer to a street along y than to one along x
     dist = np.minimum(ax, ay)  # from the nearest street's centre line

@@ -21,7 +21,7 @@ SAMPLE_STEP = 0.25
 _MAX_GRID = (7, 6)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StreetGrid:
     """Streets along grid lines: ``xs`` (C+1,) and ``ys`` (R+1,) street centres, metres."""
 
@@ -34,7 +34,7 @@ class StreetGrid:
         return len(self.xs) - 1, len(self.ys) - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Route:
     """A closed curve sampled every :data:`SAMPLE_STEP` metres.
 

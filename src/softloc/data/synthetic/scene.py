@@ -30,7 +30,7 @@ CLOTHES = np.array(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Appearance:
     """Per-drive light and camera settings.
 
@@ -57,7 +57,7 @@ class Appearance:
     clouds: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DriveScene:
     """Everything one drive's frames are rendered from.
 

@@ -14,7 +14,7 @@ PERSON = 3  # pedestrian; ``colour_a`` coat, ``colour_b`` trousers
 BIN = 4  # wheelie bin; ``colour_a`` body
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Sprites:
     """N billboards standing on the ground.
 

@@ -25,7 +25,7 @@ PALETTE_SLOTS = 8
 (BODY, BUMPER, TAIL_LIGHT, CAR_GLASS_SLOT, TYRE) = range(5)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Walls:
     """N wall segments with their texture parameters (lengths in metres, colours RGB 0-1).
 

@@ -64,7 +64,7 @@ LOT_COLOURS = np.array(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StreetSides:
     """Block edges along streets, where parked cars and people go.
 
@@ -84,7 +84,7 @@ class StreetSides:
         return np.stack([self.direction[:, 1], -self.direction[:, 0]], axis=1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class World:
     """The static town.
 
@@ -142,9 +142,9 @@ def build_world(config: TownConfig) -> World:
             f"this town (seed {config.seed}); use a longer route or a smaller region_gap"
         )
     sides = _street_sides(grid)
-    wall_rows, gap_trees = _buildings(rng, grid, sides)
+    wall_rows, gap_trees = _buildings(rng, sides)
     sprites = Sprites.concat(
-        [_trees(rng, sides, gap_trees), _lamps(rng, grid, sides), _signs(rng, sides)]
+        [_trees(rng, sides, gap_trees), _lamps(rng, sides), _signs(rng, sides)]
     )
     cols, rows = grid.shape
     return World(
@@ -243,7 +243,7 @@ def _front_details(rng: np.random.Generator, style: dict, width: float) -> dict:
 
 
 def _buildings(
-    rng: np.random.Generator, grid: StreetGrid, sides: StreetSides
+    rng: np.random.Generator, sides: StreetSides
 ) -> tuple[list[dict], list[np.ndarray]]:
     """Wall rows of the buildings along every block edge, and points in the gaps for trees.
 
@@ -254,9 +254,15 @@ def _buildings(
     rows: list[dict] = []
     gap_points: list[np.ndarray] = []
     owner = 0
-    for start, e, length in zip(sides.start, sides.direction, sides.length, strict=True):
+    # Sides come four per block, counter-clockwise; each ends where the next one's corner
+    # building begins.
+    corner_sizes = rng.uniform(9.0, 15.0, size=len(sides.length))
+    for k, (start, e, length) in enumerate(
+        zip(sides.start, sides.direction, sides.length, strict=True)
+    ):
         n = np.array([e[1], -e[0]])  # outward, towards the street
-        corner = float(rng.uniform(9.0, 15.0))
+        corner = float(corner_sizes[k])
+        end_limit = length - float(corner_sizes[4 * (k // 4) + (k + 1) % 4])
         position = 0.0
         first = True
         while position < length - 4.0:
@@ -267,7 +273,6 @@ def _buildings(
                 width = float(rng.uniform(6.0, 24.0))
                 setback = float(rng.choice([0.0, 0.0, 0.0, rng.uniform(0.5, 4.0)]))
                 depth = float(rng.uniform(8.0, 15.0))
-            end_limit = length - corner  # the next edge's corner building sits here
             width = min(width, end_limit - position)
             if width < 4.0:
                 break
@@ -323,7 +328,7 @@ def _tree_row(rng: np.random.Generator, p: np.ndarray, radius: float, green: np.
     )
 
 
-def _lamps(rng: np.random.Generator, grid: StreetGrid, sides: StreetSides) -> Sprites:
+def _lamps(rng: np.random.Generator, sides: StreetSides) -> Sprites:
     """Street lamps along one side of each block edge (every other edge), evenly spaced."""
     rows = []
     for k, (start, e, length) in enumerate(
