@@ -72,3 +72,15 @@ def test_cli_errors_are_short_and_clear(tmp_path: Path, capsys) -> None:
     assert "no such map folder" in capsys.readouterr().err
     assert main(["-q", "train", "--out", str(tmp_path / "r"), "--set", "train.lr=-1"]) == 2
     assert "train.lr must be > 0" in capsys.readouterr().err
+
+
+def test_cli_town_writes_a_readable_dataset(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "town"
+    assert main(["-q", "town", "--out", str(out), "--size", "32x24", "--route-length", "1000",
+                 "--seed", "4"]) == 0
+    places = read_places(out, check_images=True)
+    assert set(places.split) == {"train", "val", "test"}
+    assert {"reference", "overcast", "sunny", "night", "snow"} <= set(places.traversals())
+    assert f"wrote {len(places)} images" in capsys.readouterr().out
+    assert main(["-q", "town", "--out", str(tmp_path / "bad"), "--size", "32by24"]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err

@@ -14,10 +14,17 @@ logger = logging.getLogger("softloc")
 def _cmd_town(args: argparse.Namespace) -> int:
     from softloc.data.synthetic import TownConfig, generate_town
 
+    width, height = args.width, args.height
+    if args.size:
+        try:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            message = f"--size {args.size!r} must look like WIDTHxHEIGHT, e.g. 120x90"
+            raise ValueError(message) from None
     config = TownConfig(
         seed=args.seed,
-        width=args.width,
-        height=args.height,
+        width=width,
+        height=height,
         route_length=args.route_length,
     )
     table = generate_town(args.out, config, progress=not args.quiet)
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     town.add_argument("--seed", type=int, default=0)
     town.add_argument("--width", type=int, default=120, help="image width (pixels)")
     town.add_argument("--height", type=int, default=90, help="image height (pixels)")
+    town.add_argument("--size", help="image size as WIDTHxHEIGHT (overrides --width/--height)")
     town.add_argument("--route-length", type=float, default=2400.0, help="metres per drive")
     town.set_defaults(func=_cmd_town)
 
