@@ -27,7 +27,7 @@ def _cmd_town(args: argparse.Namespace) -> int:
         height=height,
         route_length=args.route_length,
     )
-    table = generate_town(args.out, config, progress=not args.quiet)
+    table = generate_town(args.out, config, progress=not args.quiet, workers=args.workers)
     print(f"wrote {len(table)} images to {args.out}")
     return 0
 
@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     town.add_argument("--width", type=int, default=120, help="image width (pixels)")
     town.add_argument("--height", type=int, default=90, help="image height (pixels)")
     town.add_argument("--size", help="image size as WIDTHxHEIGHT (overrides --width/--height)")
+    town.add_argument(
+        "--workers", type=int, help="rendering processes (default: one per core, at most 4)"
+    )
     town.add_argument("--route-length", type=float, default=2400.0, help="metres per drive")
     town.set_defaults(func=_cmd_town)
 

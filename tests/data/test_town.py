@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -291,6 +292,15 @@ def test_render_frame_returns_an_rgb_image(world) -> None:
 def test_invalid_config_names_the_field(change: dict, field: str) -> None:
     with pytest.raises(ValueError, match=f"TownConfig.{field}"):
         TownConfig(**change)
+
+
+def test_the_suggested_route_length_is_enough() -> None:
+    with pytest.raises(ValueError, match="use at least") as error:
+        TownConfig(route_length=500.0)
+    least = float(re.search(r"use at least (\d+) m", str(error.value)).group(1))
+    for seed in range(3):
+        world = build_world(TownConfig(seed=seed, route_length=least))
+        assert all((world.region_label == k).sum() >= 10 for k in range(3))
 
 
 def test_refuses_a_folder_holding_other_files(tmp_path: Path) -> None:

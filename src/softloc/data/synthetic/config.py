@@ -21,6 +21,13 @@ REGIONS: tuple[str, ...] = ("train", "val", "test")
 #: Shortest stretch of route (metres) a region must keep once the gaps are cut out.
 MIN_REGION_LENGTH = 20.0
 
+#: Farthest any drive strays from the route's centre line, metres.
+MAX_LATERAL = 2.5
+
+#: Extra route cut at region boundaries so that frames up to :data:`MAX_LATERAL` beside the
+#: route stay ``region_gap`` apart, metres.
+REGION_MARGIN = 2 * MAX_LATERAL + 0.5
+
 
 @dataclass(frozen=True)
 class TownConfig:
@@ -128,11 +135,10 @@ def _validate(c: TownConfig) -> None:
         _fail("png_compress_level", f"{c.png_compress_level} is not 0-9", "use e.g. 1")
     if not (math.isfinite(c.route_length) and c.route_length > 0):
         _fail("route_length", f"{c.route_length} is not a length", "use e.g. 2400 metres")
-    shortest = min(c.region_fractions) * c.route_length - c.region_gap
+    cut = c.region_gap + REGION_MARGIN  # route lost at each region boundary
+    shortest = min(c.region_fractions) * c.route_length - cut
     if shortest < MIN_REGION_LENGTH or c.route_length < 2.5 * c.block_size:
-        need = max(
-            (MIN_REGION_LENGTH + c.region_gap) / min(c.region_fractions), 2.5 * c.block_size
-        )
+        need = max((MIN_REGION_LENGTH + cut) / min(c.region_fractions), 2.5 * c.block_size)
         _fail(
             "route_length",
             f"{c.route_length:g} m is too short for train/val/test regions of "

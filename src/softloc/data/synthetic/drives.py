@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from softloc.data.synthetic.config import (
+    MAX_LATERAL,
     REFERENCE_CONDITION,
     REFERENCE_TRAVERSAL,
     REGIONS,
     TownConfig,
 )
-from softloc.data.synthetic.world import MAX_LATERAL, REFERENCE_LANE, World
+from softloc.data.synthetic.world import REFERENCE_LANE, World
 
 #: Start of the first drive (2020-03-02 00:00:00 UTC), seconds since the epoch.
 FIRST_DAY = 1_583_107_200.0

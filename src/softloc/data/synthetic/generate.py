@@ -3,7 +3,7 @@
 ``OUT/images/<traversal>/<index:05d>.png``, ``OUT/places.csv`` and ``OUT/town.json`` (the
 resolved settings, :meth:`TownConfig.to_dict`). Images are written atomically, and
 ``places.csv`` last, so an interrupted run never looks complete. The same config gives the
-same bytes.
+same bytes (on one platform: numpy's vectorised maths may round differently elsewhere).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def rasterise(scene: DriveScene, pose: Pose, camera: Camera) -> GBuffer:
     h = camera.height_m
     n_pix = width * height
     cos_y, sin_y = math.cos(pose.yaw), math.sin(pose.yaw)
-    # Per-pixel work runs in float32: positions are relative to a town a few km across.
+    # Per-pixel work runs in float32: better than 1 mm over a town a few km across.
     slopes = camera.column_slopes()
     ray_x = (cos_y + slopes * sin_y).astype(np.float32)  # (W,) unit forward component
     ray_y = (sin_y - slopes * cos_y).astype(np.float32)

@@ -15,8 +15,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from softloc.data.synthetic.config import TownConfig
-from softloc.data.synthetic.route import Route, StreetGrid, build_route, region_labels
+from softloc.data.synthetic.config import (
+    MIN_REGION_LENGTH,
+    REGION_MARGIN,
+    TownConfig,
+)
+from softloc.data.synthetic.route import (
+    Route,
+    StreetGrid,
+    build_route,
+    region_labels,
+    start_route,
+)
 from softloc.data.synthetic.sprites import LAMP, SIGN, TREE, Sprites
 from softloc.data.synthetic.walls import FACADE, PLAIN, Walls, box_walls
 
@@ -28,8 +38,6 @@ SIDEWALK = 3.0
 REFERENCE_LANE = 1.75
 #: Lateral position of the centre of the parking lanes, metres from the street centre.
 PARKING_LANE = 4.9
-#: Farthest any drive strays from the route's centre line, metres.
-MAX_LATERAL = 2.5
 
 #: Wall albedos (RGB 0-1): brick, stone, render, concrete, painted.
 WALL_COLOURS = np.array(
@@ -131,9 +139,7 @@ def build_world(config: TownConfig) -> World:
     """
     rng = np.random.default_rng([config.seed, 0])
     grid, route, cells = build_route(rng, config.route_length, config.block_size)
-    region_s, region_label = region_labels(
-        route, config.region_fractions, config.region_gap, margin=2 * MAX_LATERAL + 0.5
-    )
+    route, region_s, region_label = _place_regions(route, config)
     counts = [int((region_label == k).sum()) for k in range(3)]
     if min(counts) < 10:
         raise ValueError(
@@ -160,6 +166,32 @@ def build_world(config: TownConfig) -> World:
         region_s=region_s,
         region_label=region_label,
     )
+
+
+def _place_regions(route: Route, config: TownConfig) -> tuple[Route, np.ndarray, np.ndarray]:
+    """Regions along the route, which starts in the middle of its longest side.
+
+    Where that leaves a region shorter than :data:`MIN_REGION_LENGTH` (the gaps cut more at
+    corners), the start moves to the middle of another side if that does better.
+    """
+
+    def labels(candidate: Route) -> tuple[Route, np.ndarray, np.ndarray, int]:
+        s, label = region_labels(candidate, config.region_fractions, config.region_gap,
+                                 margin=REGION_MARGIN)
+        return candidate, s, label, min(int((label == k).sum()) for k in range(3))
+
+    best = labels(route)
+    if best[3] >= MIN_REGION_LENGTH:
+        return best[:3]
+    corners = route.corners
+    sides = np.roll(corners, -1, axis=0) - corners
+    for i in np.argsort(-np.hypot(sides[:, 0], sides[:, 1]), kind="stable"):
+        middle = corners[i] + 0.5 * sides[i]
+        nearest = int(np.argmin(np.hypot(route.x - middle[0], route.y - middle[1])))
+        candidate = labels(start_route(route, float(route.s[nearest])))
+        if candidate[3] > best[3]:
+            best = candidate
+    return best[:3]
 
 
 def _street_sides(grid: StreetGrid) -> StreetSides:
