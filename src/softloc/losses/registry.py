@@ -16,48 +16,17 @@ Registering a name twice is an error, so two modules can never silently replace 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch import nn
 
+from softloc.registry import Registry
+
 _ClassT = TypeVar("_ClassT", bound=type)
 
-_LOSSES: dict[str, type] = {}
-_INFLUENCES: dict[str, type] = {}
-
-
-def _register(table: dict[str, type], kind: str, name: str) -> Callable[[_ClassT], _ClassT]:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a {kind} must be registered under a non-empty string, got {name!r}")
-
-    def decorator(cls: _ClassT) -> _ClassT:
-        if name in table:
-            raise ValueError(
-                f"{kind} name {name!r} is already registered to {table[name].__name__}; "
-                f"register {cls.__name__} under another name"
-            )
-        table[name] = cls
-        return cls
-
-    return decorator
-
-
-def _create(table: dict[str, type], kind: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
-    if name not in table:
-        known = ", ".join(sorted(table))
-        raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {known}")
-    cls = table[name]
-    signature = inspect.signature(cls)
-    try:
-        signature.bind(**kwargs)
-    except TypeError as error:
-        accepted = ", ".join(signature.parameters)
-        raise ValueError(
-            f"bad arguments for {kind} {name!r} ({error}); it accepts: {accepted}"
-        ) from error
-    return cls(**kwargs)
+LOSSES: Registry[type] = Registry("loss")
+INFLUENCES: Registry[type] = Registry("influence function")
 
 
 def register_loss(name: str) -> Callable[[_ClassT], _ClassT]:
@@ -69,7 +38,7 @@ def register_loss(name: str) -> Callable[[_ClassT], _ClassT]:
     Raises:
         ValueError: if ``name`` is empty or already taken.
     """
-    return _register(_LOSSES, "loss", name)
+    return LOSSES.register(name)
 
 
 def register_influence(name: str) -> Callable[[_ClassT], _ClassT]:
@@ -81,7 +50,7 @@ def register_influence(name: str) -> Callable[[_ClassT], _ClassT]:
     Raises:
         ValueError: if ``name`` is empty or already taken.
     """
-    return _register(_INFLUENCES, "influence function", name)
+    return INFLUENCES.register(name)
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
@@ -97,7 +66,7 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: for an unknown name (the message lists the known ones) or bad arguments.
     """
-    return _create(_LOSSES, "loss", name, kwargs)
+    return LOSSES.create(name, **kwargs)
 
 
 def create_influence(name: str, **kwargs: Any) -> nn.Module:
@@ -113,14 +82,14 @@ def create_influence(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: for an unknown name (the message lists the known ones) or bad arguments.
     """
-    return _create(_INFLUENCES, "influence function", name, kwargs)
+    return INFLUENCES.create(name, **kwargs)
 
 
 def available_losses() -> list[str]:
     """Names accepted by :func:`create_loss`, sorted."""
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 def available_influences() -> list[str]:
     """Names accepted by :func:`create_influence`, sorted."""
-    return sorted(_INFLUENCES)
+    return INFLUENCES.names()

@@ -16,11 +16,13 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from softloc.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 BackboneFactory = Callable[[], nn.Module]
 
-_BACKBONES: dict[str, BackboneFactory] = {}
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 # VGG16 ("configuration D") up to conv5_3: channel counts, "M" = 2x2 max-pool. The last max-pool
 # of torchvision's ``features`` is left out, so layer indices (and state-dict keys) match
@@ -36,25 +38,12 @@ class WeightsNotFoundError(FileNotFoundError, ValueError):
     """A pretrained-weights file does not exist (also a ``ValueError`` for uniform handling)."""
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator adding a zero-argument backbone factory to the registry under ``name``.
-
-    Raises:
-        ValueError: if ``name`` is already registered.
-    """
-
-    def decorator(factory: BackboneFactory) -> BackboneFactory:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _BACKBONES[name] = factory
-        return factory
-
-    return decorator
+register_backbone = BACKBONES.register
 
 
 def available_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`, sorted."""
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> nn.Module:
@@ -73,9 +62,7 @@ def create_backbone(name: str, weights: str | os.PathLike[str] | None = None) ->
         ValueError: unknown name, unreadable file or keys/shapes that do not match.
         WeightsNotFoundError: ``weights`` does not exist.
     """
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {available_backbones()}")
-    backbone = _BACKBONES[name]()
+    backbone = BACKBONES.get(name)()
     if weights is not None:
         load_backbone_weights(backbone, weights)
     return backbone

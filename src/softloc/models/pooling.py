@@ -15,32 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softloc.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 PoolingFactory = Callable[..., nn.Module]
 
-_POOLINGS: dict[str, PoolingFactory] = {}
+POOLINGS: Registry[PoolingFactory] = Registry("pooling")
 
 
-def register_pooling(name: str) -> Callable[[PoolingFactory], PoolingFactory]:
-    """Decorator adding a pooling class (called as ``cls(dim=C, **kwargs)``) to the registry.
-
-    Raises:
-        ValueError: if ``name`` is already registered.
-    """
-
-    def decorator(factory: PoolingFactory) -> PoolingFactory:
-        if name in _POOLINGS:
-            raise ValueError(f"pooling {name!r} is already registered")
-        _POOLINGS[name] = factory
-        return factory
-
-    return decorator
+register_pooling = POOLINGS.register
 
 
 def available_poolings() -> list[str]:
     """Names accepted by :func:`create_pooling`, sorted."""
-    return sorted(_POOLINGS)
+    return POOLINGS.names()
 
 
 def get_pooling_factory(name: str) -> PoolingFactory:
@@ -49,9 +38,7 @@ def get_pooling_factory(name: str) -> PoolingFactory:
     Raises:
         ValueError: unknown name (the known ones are listed).
     """
-    if name not in _POOLINGS:
-        raise ValueError(f"unknown pooling {name!r}; known poolings: {available_poolings()}")
-    return _POOLINGS[name]
+    return POOLINGS.get(name)
 
 
 def create_pooling(name: str, dim: int, **kwargs: Any) -> nn.Module:
