@@ -129,3 +129,20 @@ def test_non_finite_loss_stops_with_checkpoint_kept(street, tmp_path: Path) -> N
     with pytest.raises(TrainingError, match="non-finite loss"):
         trainer.run()
     assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_cli_train_saves_the_resolved_config_and_resumes(street, tmp_path: Path, capsys) -> None:
+    from softloc.cli import main
+
+    out = tmp_path / "cli_run"
+    args = ["-q", "train", "--config", "demo", "--data", str(tmp_path), "--out", str(out),
+            "--steps", "2", "--loss", "triplet", "--seed", "3"]
+    for override in SMALL:
+        if not override.startswith("train.steps="):
+            args += ["--set", override]
+    assert main(args) == 0
+    assert f"model: {out / 'model.safetensors'}" in capsys.readouterr().out
+    saved = load_config(out / "config.yaml")
+    assert saved.loss.name == "triplet" and saved.train.steps == 2 and saved.train.seed == 3
+    assert saved.model.name == "small_gem" and saved.data.root == str(tmp_path)
+    assert main([*args, "--resume"]) == 0  # nothing left to do: finishes from the checkpoint
