@@ -95,14 +95,14 @@ class Trainer:
         self.out = Path(out)
         self.progress = progress
         self.places = places if places is not None else read_places(config.data.root)
-        self.train_places = self.places.where(split="train")
+        self.train_rows = np.flatnonzero(self.places.split == "train")
+        self.train_places = self.places.subset(self.train_rows)
         if len(self.train_places) == 0:
             raise TrainingError(
                 f"{self.places.root}: no places with split 'train'; the dataset needs a "
                 "training region"
             )
-        self.store: ImageStore | None = None
-        self.train_rows = np.flatnonzero(self.places.split == "train")
+        self._store: ImageStore | None = None
         self.sampler = TupleSampler(
             self.train_places, config.tuples, config.data.reference_traversal
         )
@@ -129,16 +129,23 @@ class Trainer:
             queries = np.sort(rng.choice(queries, cfg.train.val_queries, replace=False))
         return ValidationSet(reference=reference, queries=queries)
 
+    @property
+    def store(self) -> ImageStore:
+        """Images of every place at the model's input size (set when a model is attached)."""
+        if self._store is None:
+            raise TrainingError("no model attached yet: call initial_model() or run() first")
+        return self._store
+
     def _attach_store(self, model: DescriptorModel) -> ImageStore:
-        """The image store at the model's input size (shared by training and validation)."""
+        """Create the image store at the model's input size, unless it already exists."""
         width, height = model.meta["preprocessing"]["image_size"]
-        if self.store is None or self.store.size != (width, height):
-            self.store = ImageStore(
+        if self._store is None or self._store.size != (width, height):
+            self._store = ImageStore(
                 [self.places.image_path(i) for i in range(len(self.places))],
                 (width, height),
                 cache=self.config.data.cache_images,
             )
-        return self.store
+        return self._store
 
     def initial_model(self) -> DescriptorModel:
         """The untrained model of this run: seeded initialisation, pooling initialised."""
