@@ -31,7 +31,8 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] | None = None
     path = Path(path)
     if not path.is_file():
         raise ImageError(
-            f"{path}: image not found; check the dataset root or regenerate the dataset"
+            f"{path}: image not found; check the path (for a dataset: its root folder), or "
+            "regenerate the dataset"
         )
     try:
         with Image.open(path) as image:
