@@ -106,11 +106,11 @@ def list_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None = None
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Model and sidecar of a checkpoint; also restores ``optimizer`` when given."""
-    model, sidecar = load_model(path)
-    if optimizer is not None:
-        load_optimizer(optimizer, _optim_path(Path(path)))
-    return model, sidecar
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Model and sidecar of a checkpoint."""
+    return load_model(path)
+
+
+def restore_optimizer(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> None:
+    """Restore ``optimizer`` (built over the checkpoint's model) from the checkpoint ``path``."""
+    load_optimizer(optimizer, _optim_path(Path(path)))

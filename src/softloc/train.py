@@ -21,7 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from softloc.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from softloc.checkpoints import (
+    list_checkpoints,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
 from softloc.config import RunConfig, config_to_dict, save_config
 from softloc.data.images import ImageStore
 from softloc.data.places import PlaceTable, read_places
@@ -196,7 +201,7 @@ class Trainer:
             model, sidecar = load_checkpoint(checkpoints[-1])
             self._attach_store(model)
             optimizer = self._optimizer(model)
-            load_checkpoint(checkpoints[-1], optimizer)
+            restore_optimizer(checkpoints[-1], optimizer)
             start = int(sidecar["extra"]["step"])
             logger.info("resuming %s from step %d", self.out, start)
         else:
