@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,6 +10,14 @@ import torch
 from tqdm.auto import tqdm
 
 from softloc.data.images import ImageStore
+
+
+def image_store(
+    model: torch.nn.Module, paths: Sequence[str | os.PathLike[str]], cache: bool = False
+) -> ImageStore:
+    """An image store that feeds ``paths`` at the model's input size (from its ``meta``)."""
+    width, height = model.meta["preprocessing"]["image_size"]
+    return ImageStore(paths, (int(width), int(height)), cache=cache)
 
 
 @torch.no_grad()

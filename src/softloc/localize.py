@@ -17,20 +17,13 @@ import numpy as np
 import torch
 
 from softloc.atomic import atomic_path
-from softloc.data.images import ImageStore
 from softloc.data.places import PlaceTable
 from softloc.data.tuples import subsample_by_spacing
-from softloc.extract import extract_descriptors
+from softloc.extract import extract_descriptors, image_store
 from softloc.mapping import Map, MapError
 from softloc.models import load_model
 
 MAP_MODEL = "model.safetensors"
-
-
-def image_store(model: torch.nn.Module, paths: Sequence[str | os.PathLike[str]]) -> ImageStore:
-    """An image store that feeds ``paths`` at the model's input size."""
-    width, height = model.meta["preprocessing"]["image_size"]
-    return ImageStore(paths, (int(width), int(height)), cache=False)
 
 
 def select_references(

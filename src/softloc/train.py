@@ -32,7 +32,7 @@ from softloc.data.images import ImageStore
 from softloc.data.places import PlaceTable, read_places
 from softloc.data.tuples import TupleSampler
 from softloc.evaluation.metrics import topn_accuracy
-from softloc.extract import extract_descriptors
+from softloc.extract import extract_descriptors, image_store
 from softloc.index import DescriptorIndex
 from softloc.losses import create_influence, create_loss
 from softloc.models import DescriptorModel, create_model, fit_pca_whitening, save_model
@@ -143,13 +143,9 @@ class Trainer:
 
     def _attach_store(self, model: DescriptorModel) -> ImageStore:
         """Create the image store at the model's input size, unless it already exists."""
-        width, height = model.meta["preprocessing"]["image_size"]
-        if self._store is None or self._store.size != (width, height):
-            self._store = ImageStore(
-                [self.places.image_path(i) for i in range(len(self.places))],
-                (width, height),
-                cache=self.config.data.cache_images,
-            )
+        if self._store is None:
+            paths = [self.places.image_path(i) for i in range(len(self.places))]
+            self._store = image_store(model, paths, cache=self.config.data.cache_images)
         return self._store
 
     def initial_model(self) -> DescriptorModel:

@@ -26,8 +26,8 @@ from softloc.evaluation.report import (
     format_table,
     plot_curves,
 )
-from softloc.extract import extract_descriptors
-from softloc.localize import image_store, load_map_model
+from softloc.extract import extract_descriptors, image_store
+from softloc.localize import load_map_model
 from softloc.mapping import Map
 
 logger = logging.getLogger(__name__)
