@@ -6,6 +6,7 @@ is saved next to every result so a run can be repeated.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -275,7 +276,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``values`` with dotted ``key=value`` overrides applied."""
-    result = _deep_copy(values)
+    result = copy.deepcopy(values)
     for text in overrides:
         path, value = parse_override(text)
         node = result
@@ -286,10 +287,6 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = child
         node[path[-1]] = value
     return result
-
-
-def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
 def load_config(

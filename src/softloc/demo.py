@@ -88,7 +88,7 @@ def _town(out: Path, config: TownConfig, progress: bool):
     stamp = out / TOWN_FILE
     if (out / PLACES_FILE).is_file() and stamp.is_file():
         try:
-            if json.loads(stamp.read_text()) == json.loads(json.dumps(asdict(config))):
+            if json.loads(stamp.read_text()) == config.to_dict():
                 logger.info("reusing the town in %s", out)
                 return read_places(out)
         except (ValueError, OSError):
