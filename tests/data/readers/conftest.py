@@ -82,3 +82,34 @@ def straight_drive(root: Path, date: str, n: int = 12, speed: float = 5.0, **kwa
 def fx():
     """This module: the fixture makers."""
     return sys.modules[__name__]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pittsburgh: dbStruct .mat files written with scipy.io.savemat in the NetVLAD layout
+
+PITTS_MAT = Path(__file__).resolve().parents[2] / "fixtures" / "pitts30k_test" / "pitts30k_test.mat"
+
+
+def write_dbstruct(path: Path, db_names, utm_db, q_names, utm_q, which="test") -> Path:
+    """A dbStruct .mat (FORMATS.md 2.2): names (N, 1) object, utm (2, N) float64."""
+    from scipy.io import savemat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(path, {"dbStruct": {
+        "whichSet": which,
+        "dbImageFns": np.array(db_names, dtype=object).reshape(-1, 1),
+        "utmDb": np.asarray(utm_db, dtype=np.float64).reshape(2, -1),
+        "qImageFns": np.array(q_names, dtype=object).reshape(-1, 1),
+        "utmQ": np.asarray(utm_q, dtype=np.float64).reshape(2, -1),
+        "numImages": float(len(db_names)), "numQueries": float(len(q_names)),
+        "posDistThr": 25.0, "posDistSqThr": 625.0, "nonTrivPosDistSqThr": 100.0,
+    }})
+    return path
+
+
+def write_jpegs(root: Path, names, size=(32, 24)) -> None:
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = np.full((size[1], size[0], 3), (i * 37) % 256, dtype=np.uint8)
+        Image.fromarray(image).save(path)
