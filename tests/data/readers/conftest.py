@@ -113,3 +113,28 @@ def write_jpegs(root: Path, names, size=(32, 24)) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         image = np.full((size[1], size[0], 3), (i * 37) % 256, dtype=np.uint8)
         Image.fromarray(image).save(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# MSLS: pandas-written CSVs (leading unnamed index column)
+
+MSLS_POST = ",key,easting,northing,unique_cluster,control_panel,night,view_direction"
+MSLS_RAW = ",key,lon,lat,ca,captured_at,pano"
+
+
+def write_msls_subset(root: Path, city: str, subset: str, rows: list[dict]) -> Path:
+    """One MSLS ``train_val/<city>/<subset>`` folder with images and both CSVs."""
+    folder = root / "train_val" / city / subset
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    post = [MSLS_POST]
+    raw = [MSLS_RAW]
+    for i, r in enumerate(rows):
+        post.append(f"{i},{r['key']},{r['e']},{r['n']},{i},0,{r.get('night', False)},"
+                    f"{r.get('view', 'Forward')}")
+        raw.append(f"{i},{r['key']},12.5,55.6,{r.get('ca', 0.0)},{r.get('date', '2018-05-27')},"
+                   f"{r.get('pano', False)}")
+        Image.fromarray(np.full((6, 8, 3), 90, dtype=np.uint8)).save(
+            folder / "images" / f"{r['key']}.jpg")
+    (folder / "postprocessed.csv").write_text("\n".join(post) + "\n", encoding="utf-8")
+    (folder / "raw.csv").write_text("\n".join(raw) + "\n", encoding="utf-8")
+    return folder

@@ -58,7 +58,8 @@ def read_indexed_csv(path: Path, needed: tuple[str, ...]) -> dict[str, dict[str,
         if missing or not header or header[0] != "":
             raise DatasetError(
                 f"{path}: header {header} lacks {missing or 'the leading index column'}; "
-                f"expected a pandas-written MSLS CSV starting ',{','.join(needed)}'"
+                "expected a pandas-written MSLS CSV: header starting with ',' (the index) and "
+                f"holding {', '.join(needed)}"
             )
         rows = {}
         for row in reader:
