@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--pitch1-only", action="store_true", help="pittsburgh: pitch-1 views")
     prep.add_argument("--cities", nargs="+", help="msls: only these cities")
     prep.add_argument("--include-panoramas", action="store_true", help="msls: keep panoramas")
-    prep.add_argument("--images-root", type=Path, help="csv: folder the paths are relative to")
+    prep.add_argument(
+        "--images-root", type=Path, help="csv, pittsburgh: folder the image paths are under"
+    )
     prep.add_argument("--traversal", help="csv: traversal of rows without one")
     prep.add_argument("--condition", help="csv: condition of rows without one")
     prep.set_defaults(func=_cmd_prepare)

@@ -128,7 +128,7 @@ def view_of(name: str) -> tuple[int, int] | None:
 
 def read_pittsburgh(
     mat_path: str | os.PathLike[str],
-    root: str | os.PathLike[str] | None = None,
+    images_root: str | os.PathLike[str] | None = None,
     max_db_distance: float | None = None,
     pitch1_only: bool = False,
 ) -> ReadResult:
@@ -136,7 +136,7 @@ def read_pittsburgh(
 
     Args:
         mat_path: the ``.mat`` file.
-        root: the dataset folder that holds ``000/...`` and ``queries_real/``; by default the
+        images_root: the dataset folder holding ``000/...`` and ``queries_real/``; by default the
             folder above ``datasets/`` when the .mat lies there, else the .mat's folder.
         max_db_distance: drop database images farther than this (m) from every query
             (the authors' test protocol uses 100 m); None keeps all.
@@ -144,9 +144,10 @@ def read_pittsburgh(
     """
     mat_path = Path(mat_path)
     db = read_dbstruct(mat_path)
-    if root is None:
-        root = mat_path.parent.parent if mat_path.parent.name == "datasets" else mat_path.parent
-    root = Path(root)
+    if images_root is None:
+        parent = mat_path.parent
+        images_root = parent.parent if parent.name == "datasets" else parent
+    root = Path(images_root)
     paths = [n for n in db.db_names] + [f"{QUERY_FOLDER}/{n}" for n in db.q_names]
     xy = np.concatenate([db.utm_db, db.utm_q])
     is_query = np.arange(len(paths)) >= len(db.db_names)
