@@ -12,6 +12,7 @@ from PIL import Image
 
 from softloc.cli import main
 from softloc.data.places import read_places
+from softloc.data.readers.report import DatasetError
 from softloc.prepare import PrepareError, prepare, resized_size
 
 _MAKERS = Path(__file__).parent / "data" / "readers" / "conftest.py"
@@ -148,3 +149,11 @@ def test_resized_size_keeps_aspect():
     assert resized_size(1280, 960, 240) == (240, 180)  # the authors' RobotCar cache
     assert resized_size(640, 480, 240) == (240, 180)
     assert resized_size(100, 50, 240) == (100, 50)  # never enlarged
+
+
+def test_failed_run_can_be_corrected_in_the_same_folder(robotcar, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match="no drive folders"):
+        prepare("robotcar", robotcar / REF / "stereo", out, max_side=8, progress=False)
+    result = prepare("robotcar", robotcar, out, max_side=8, progress=False)
+    assert len(result.table) == 13

@@ -90,8 +90,9 @@ def _cache_image(loader, source: Path, target: Path, max_side: int) -> None:
 
 def _check_previous_run(out: Path, manifest: dict[str, Any]) -> None:
     path = out / "prepare.json"
-    if not path.is_file():
-        return
+    images = out / IMAGES_DIR
+    if not path.is_file() or not images.is_dir() or not any(images.rglob("*.png")):
+        return  # nothing cached yet: an earlier run that failed early may be corrected freely
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
@@ -139,8 +140,8 @@ def prepare(
         "options": json.loads(json.dumps(dict(sorted(options.items())), default=str)),
     }
     _check_previous_run(out, manifest)
-    write_json(out / "prepare.json", manifest)
     result = read_dataset(format, source, **options)
+    write_json(out / "prepare.json", manifest)
     table = result.table
     problems = list(result.problems)
     keep = np.ones(len(table), dtype=bool)
