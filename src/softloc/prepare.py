@@ -193,7 +193,7 @@ def write_report(out: Path, problems: list[Problem], format: str, source: str,
     if not problems:
         lines += ["No problems: every row was usable.", ""]
     else:
-        lines += ["| kind | rows | what it means |", "|---|---:|---|"]
+        lines += ["| kind | rows dropped | what it means |", "|---|---:|---|"]
         for kind, n in counts.items():
             what = PROBLEM_KINDS.get(kind) or f"filter: {FILTER_KINDS[kind]}"
             lines.append(f"| {kind} | {n} | {what} |")
