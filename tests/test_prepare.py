@@ -157,3 +157,27 @@ def test_failed_run_can_be_corrected_in_the_same_folder(robotcar, tmp_path):
         prepare("robotcar", robotcar / REF / "stereo", out, max_side=8, progress=False)
     result = prepare("robotcar", robotcar, out, max_side=8, progress=False)
     assert len(result.table) == 13
+
+
+def test_prepare_also_writes_the_vg_layout(tmp_path):
+    from softloc.data.readers.vg_benchmark import read_vg_benchmark
+
+    root = tmp_path / "pitts"
+    db = ["000/000001_pitch1_yaw1.jpg", "000/000002_pitch1_yaw4.jpg"]
+    q = ["000/000009_pitch1_yaw1.jpg"]
+    mat = fx.write_dbstruct(root / "datasets" / "pitts30k_test.mat", db,
+                            [[584468.67, 584510.0], [4477301.78, 4477000.0]], q,
+                            [[584505.0], [4477000.0]])
+    fx.write_jpegs(root, db + [f"queries_real/{q[0]}"], size=(64, 48))
+    code = main(["-q", "prepare", "pittsburgh", str(mat), "--out", str(tmp_path / "out"),
+                 "--max-side", "24", "--vg-out", str(tmp_path / "vg")])
+    assert code == 0
+    vg = read_vg_benchmark(tmp_path / "vg")
+    assert vg.zone == (17, "T")
+    names = sorted(p.name for p in (tmp_path / "vg" / "images" / "test" / "database").iterdir())
+    # the published datasets_vg name of this point starts @0584468.67@4477301.78@17@T@040.4420
+    assert names[0].startswith("@0584468.67@4477301.78@17@T@040.4420")
+    prepared = read_places(tmp_path / "out")
+    assert sorted(vg.table.x) == pytest.approx(sorted(prepared.x), abs=0.005)
+    assert sorted(vg.table.traversal) == ["query", "reference", "reference"]
+    assert Image.open(tmp_path / "vg" / "images" / "test" / "database" / names[0]).size == (24, 18)

@@ -110,7 +110,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     }
     options = {k: v for k, v in candidates.items() if v is not None}
     result = prepare(args.format, args.source, args.out, max_side=args.max_side,
-                     progress=not args.quiet, **options)
+                     progress=not args.quiet, vg_out=args.vg_out, **options)
     dropped = sum(p.rows for p in result.problems)
     print(f"prepared {len(result.table)} images in {result.out} ({result.reused} reused, "
           f"{dropped} rows dropped: see {result.out / 'report.md'})")
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--out", required=True, type=Path, help="folder to write (resumable)")
     prep.add_argument("--max-side", type=int, default=240, help="long side of cached images")
+    prep.add_argument("--vg-out", type=Path, help="also write the VG-benchmark layout there")
     prep.add_argument("--regions", type=Path, help="train/val/test polygons (GeoJSON or CSV)")
     prep.add_argument(
         "--reference-spacing", type=float, help="keep a reference frame every N metres of drive"

@@ -112,6 +112,7 @@ def prepare(
     out: str | os.PathLike[str],
     max_side: int = 240,
     progress: bool = True,
+    vg_out: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> PrepareResult:
     """Read ``source`` in ``format``, cache resized images and write the canonical layout.
@@ -121,6 +122,8 @@ def prepare(
         source: what the reader takes (a folder, a .mat or a CSV file).
         out: output folder; rerunning with the same arguments resumes.
         max_side: long side of the cached images (the authors use 240).
+        vg_out: also write the prepared images in the VG-benchmark layout there (lat/lon in
+            the names when the source gives its UTM zone).
         options: reader options (see :func:`reader_options`).
 
     Raises:
@@ -176,6 +179,11 @@ def prepare(
     write_summary(out, prepared, problems, manifest, written, reused)
     plot_drives(prepared, out / "drives.png")
     write_places(prepared, out / PLACES_FILE)
+    if vg_out is not None:
+        from softloc.data.readers.vg_benchmark import write_vg_benchmark
+
+        number, letter = result.zone or (None, None)
+        write_vg_benchmark(prepared, vg_out, number, letter)
     logger.info("prepared %d images in %s (%d dropped)", len(prepared), out, sum(
         p.rows for p in problems))
     return PrepareResult(out, prepared, problems, written, reused)

@@ -186,4 +186,5 @@ def read_pittsburgh(
         split=np.full(n, db.which_set),
         root=root,
     )
-    return ReadResult(table, problems, dataset="pittsburgh", has_timestamps=False)
+    zone = (PITTSBURGH.zone_number, PITTSBURGH.zone_letter)
+    return ReadResult(table, problems, dataset="pittsburgh", has_timestamps=False, zone=zone)

@@ -84,11 +84,13 @@ def read_plain_csv(
     if not rows:
         raise DatasetError(f"{path}: no row has a usable position ({len(problems)} rows "
                            f"without); fill the {first},{second} columns")
+    zone = None
     if metric:
         x, y = a, b
     else:
         points = latlon_to_utm(a, b)
         x, y = points.easting, points.northing
+        zone = (points.zone_number, points.zone_letter)
         for line in np.flatnonzero(points.other_zone):
             problems.append(Problem("unexpected_zone", str(path),
                                     f"{rows[line]['path']}: outside UTM zone "
@@ -116,4 +118,4 @@ def read_plain_csv(
     if has_times:
         table, duplicates = drop_duplicate_timestamps(table, str(path))
         problems += duplicates
-    return ReadResult(table, problems, dataset="csv", has_timestamps=has_times)
+    return ReadResult(table, problems, dataset="csv", has_timestamps=has_times, zone=zone)

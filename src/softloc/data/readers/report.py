@@ -92,6 +92,7 @@ class ReadResult:
         loader: decodes one source image to (H, W, 3) uint8 RGB (RobotCar: demosaic first).
         dataset: format name, for reports.
         has_timestamps: whether the source gives real capture times.
+        zone: UTM (zone number, letter) of x/y when the source says it, else None.
     """
 
     table: PlaceTable
@@ -99,6 +100,7 @@ class ReadResult:
     loader: Callable[[Path], np.ndarray] = rgb_loader
     dataset: str = ""
     has_timestamps: bool = False
+    zone: tuple[int, str] | None = None
 
     def counts(self) -> dict[str, int]:
         return count_problems(self.problems)

@@ -508,7 +508,9 @@ def read_robotcar(
     table = PlaceTable.concat(tables)
     table = PlaceTable(**{**_columns(table), "split": np.full(len(table), split)}, root=root)
     lut = read_camera_model(models_dir, config.camera) if models_dir else None
-    return ReadResult(table, problems, BayerLoader(config.bayer_pattern, lut), "robotcar", True)
+    loader = BayerLoader(config.bayer_pattern, lut)
+    zone = (OXFORD.zone_number, OXFORD.zone_letter)
+    return ReadResult(table, problems, loader, "robotcar", True, zone)
 
 
 def _columns(table: PlaceTable) -> dict[str, np.ndarray]:

@@ -82,6 +82,7 @@ def read_vg_benchmark(root: str | os.PathLike[str]) -> ReadResult:
     columns: dict[str, list] = {c: [] for c in
                                 ("path", "x", "y", "yaw", "timestamp", "traversal", "split")}
     problems: list[Problem] = []
+    zones: set[tuple[int, str]] = set()
     found_folder = False
     for split in SPLITS:
         for subset, traversal in SUBSETS.items():
@@ -98,6 +99,8 @@ def read_vg_benchmark(root: str | os.PathLike[str]) -> ReadResult:
                 if not (np.isfinite(fields["easting"]) and np.isfinite(fields["northing"])):
                     problems.append(Problem("no_position", str(path), "NaN easting/northing"))
                     continue
+                if fields["zone_number"] and fields["zone_letter"]:
+                    zones.add((int(fields["zone_number"]), str(fields["zone_letter"])))
                 columns["path"].append(path.relative_to(root).as_posix())
                 columns["x"].append(fields["easting"])
                 columns["y"].append(fields["northing"])
@@ -117,7 +120,8 @@ def read_vg_benchmark(root: str | os.PathLike[str]) -> ReadResult:
     table = PlaceTable(**{k: np.asarray(v) for k, v in columns.items()},
                        condition=np.full(n, "all"), root=root)
     has_times = bool(np.any(table.timestamp != 0))
-    return ReadResult(table, problems, dataset="vg", has_timestamps=has_times)
+    zone = zones.pop() if len(zones) == 1 else None
+    return ReadResult(table, problems, dataset="vg", has_timestamps=has_times, zone=zone)
 
 
 def vg_name(
@@ -160,8 +164,10 @@ def write_vg_benchmark(
         name = vg_name(table.x[i], table.y[i], zone_number, zone_letter, heading,
                        table.timestamp[i] or None, note=f"{table.condition[i]}", pano_id=str(i))
         target = out / "images" / str(table.split[i]) / subset / name
+        written.append(target)
+        if target.is_file():  # written by an earlier run (atomic: complete)
+            continue
         image = load(table.image_path(i))
         with atomic_path(target) as tmp:
             Image.fromarray(image).save(tmp, format="JPEG", quality=95)
-        written.append(target)
     return written
