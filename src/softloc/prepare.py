@@ -259,6 +259,7 @@ def plot_drives(table: PlaceTable, path: Path) -> None:
     ax.set_xlabel("easting x (m)")
     ax.set_ylabel("northing y (m)")
     ax.set_aspect("equal", adjustable="datalim")
+    ax.ticklabel_format(useOffset=False, style="plain")
     ax.legend(markerscale=4, loc="best")
     ax.set_title(f"{len(table)} images, {len(table.traversals())} traversal(s)")
     fig.tight_layout()
