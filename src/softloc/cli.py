@@ -97,6 +97,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from softloc.prepare import prepare
+
+    candidates = {
+        "config": args.config, "drives": args.drives, "models_dir": args.models,
+        "split": args.split, "max_db_distance": args.max_db_distance,
+        "pitch1_only": args.pitch1_only or None, "cities": args.cities,
+        "include_panoramas": args.include_panoramas or None, "images_root": args.images_root,
+        "traversal": args.traversal, "condition": args.condition, "regions": args.regions,
+        "reference_spacing": args.reference_spacing,
+    }
+    options = {k: v for k, v in candidates.items() if v is not None}
+    result = prepare(args.format, args.source, args.out, max_side=args.max_side,
+                     progress=not args.quiet, vg_out=args.vg_out, **options)
+    dropped = sum(p.rows for p in result.problems)
+    print(f"prepared {len(result.table)} images in {result.out} ({result.reused} reused, "
+          f"{dropped} rows dropped: see {result.out / 'report.md'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -158,6 +178,39 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, type=Path, help="folder for table and plot")
     evaluate.add_argument("--split", default="test")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    prep = sub.add_parser(
+        "prepare", help="turn a real dataset into the canonical layout (images + places.csv)"
+    )
+    prep.add_argument("format", choices=["robotcar", "pittsburgh", "vg", "msls", "csv"])
+    prep.add_argument(
+        "source", type=Path,
+        help="robotcar/vg/msls: dataset folder; pittsburgh: the dbStruct .mat; csv: the CSV",
+    )
+    prep.add_argument("--out", required=True, type=Path, help="folder to write (resumable)")
+    prep.add_argument("--max-side", type=int, default=240, help="long side of cached images")
+    prep.add_argument("--vg-out", type=Path, help="also write the VG-benchmark layout there")
+    prep.add_argument("--regions", type=Path, help="train/val/test polygons (GeoJSON or CSV)")
+    prep.add_argument(
+        "--reference-spacing", type=float, help="keep a reference frame every N metres of drive"
+    )
+    prep.add_argument("--config", help="robotcar: drive labels, e.g. robotcar_paper or a YAML")
+    prep.add_argument("--drives", nargs="+", help="robotcar: only these dates")
+    prep.add_argument("--models", type=Path, help="robotcar: SDK models/ folder (undistort)")
+    prep.add_argument("--split", help="robotcar/csv: split of every row (default test)")
+    prep.add_argument(
+        "--max-db-distance", type=float,
+        help="pittsburgh: drop database images farther than this from every query (e.g. 100)",
+    )
+    prep.add_argument("--pitch1-only", action="store_true", help="pittsburgh: pitch-1 views")
+    prep.add_argument("--cities", nargs="+", help="msls: only these cities")
+    prep.add_argument("--include-panoramas", action="store_true", help="msls: keep panoramas")
+    prep.add_argument(
+        "--images-root", type=Path, help="csv, pittsburgh: folder the image paths are under"
+    )
+    prep.add_argument("--traversal", help="csv: traversal of rows without one")
+    prep.add_argument("--condition", help="csv: condition of rows without one")
+    prep.set_defaults(func=_cmd_prepare)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the procedural town")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
