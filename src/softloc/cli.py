@@ -117,6 +117,52 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_protocol(args: argparse.Namespace):
+    from softloc.evaluation.whitening import WhiteningProtocol
+
+    return WhiteningProtocol(
+        dim=None if args.whitening_dim == 0 else args.whitening_dim,
+        fit_split=args.whitening_split,
+        fit_traversals=tuple(args.whitening_traversal or ()),
+    )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from softloc.data.places import read_places
+
+    places = read_places(args.data)
+    progress = not args.quiet
+    if args.sweep_command == "dimension":
+        from softloc.sweeps.dimension import run_dimension_sweep
+
+        table = run_dimension_sweep(
+            args.model, places, args.out, dims=args.dims, split=args.split,
+            reference_traversal=args.traversal, protocol=_sweep_protocol(args),
+            progress=progress,
+        )
+    elif args.sweep_command == "spacing":
+        from softloc.sweeps.spacing import run_spacing_sweep
+
+        table = run_spacing_sweep(
+            args.model, places, args.out, spacings=args.spacings, split=args.split,
+            reference_traversal=args.traversal, protocol=_sweep_protocol(args),
+            progress=progress,
+        )
+    else:
+        from softloc.config import load_config
+        from softloc.sweeps.sensitivity import parse_tuple_size, run_sensitivity_sweep
+
+        config = load_config(args.config, [*(args.set or []), f"data.root={args.data}"])
+        table = run_sensitivity_sweep(
+            config, places, args.out, influences=args.influences,
+            tuple_sizes=[parse_tuple_size(t) for t in args.tuple_sizes], steps=args.steps,
+            split=args.split, protocol=_sweep_protocol(args), progress=progress,
+        )
+    print(table)
+    print(f"wrote {args.out}/sweep_{args.sweep_command}.csv, .json, .png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -211,6 +257,48 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--traversal", help="csv: traversal of rows without one")
     prep.add_argument("--condition", help="csv: condition of rows without one")
     prep.set_defaults(func=_cmd_prepare)
+
+    sweep = sub.add_parser("sweep", help="accuracy against a setting: table + plot")
+    sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True)
+    sweep_kinds = {
+        "dimension": "top-1 at 10 m against the PCA-whitened size (descriptors computed once)",
+        "spacing": "top-1 at 10 m against the minimum spacing of references",
+        "sensitivity": "train influence function x tuple size, top-1 curves (resumable)",
+    }
+    for kind, text in sweep_kinds.items():
+        one = sweep_sub.add_parser(kind, help=text)
+        if kind == "sensitivity":
+            one.add_argument("--config", default="demo", help="base training config or preset")
+            one.add_argument("--influences", nargs="+", default=["sigmoid", "linear", "tanh"])
+            one.add_argument(
+                "--tuple-sizes", nargs="+", default=["4/4", "8/8", "12/12"], metavar="N/F"
+            )
+            one.add_argument("--steps", type=int, help="training steps of every run")
+            one.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+        else:
+            one.add_argument("--model", required=True, type=Path, help="model .safetensors file")
+            one.add_argument("--traversal", default="reference", help="reference traversal")
+        if kind == "dimension":
+            one.add_argument(
+                "--dims", nargs="+", type=int, default=[64, 128, 256, 512, 1024, 2048, 4096]
+            )
+        if kind == "spacing":
+            one.add_argument(
+                "--spacings", nargs="+", type=float, default=[0.0, 1.0, 2.0, 5.0, 10.0]
+            )
+        one.add_argument("--data", required=True, type=Path, help="dataset folder")
+        one.add_argument("--out", required=True, type=Path, help="sweep folder")
+        one.add_argument("--split", default="test", help="evaluated split")
+        one.add_argument(
+            "--whitening-dim", type=int, default=256, help="PCA-whitened size (0: no whitening)"
+        )
+        one.add_argument(
+            "--whitening-split", default="train", help="split the whitening is fitted on"
+        )
+        one.add_argument(
+            "--whitening-traversal", action="append", help="fit on this traversal only (repeat)"
+        )
+        one.set_defaults(func=_cmd_sweep)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the procedural town")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))

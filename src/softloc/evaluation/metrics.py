@@ -19,6 +19,9 @@ from sklearn.neighbors import NearestNeighbors
 
 #: Thresholds of the paper's tables, in metres.
 DEFAULT_THRESHOLDS: tuple[float, ...] = (5.0, 10.0, 15.0, 25.0)
+#: The N of recall@N, as the VPR literature reports it (NetVLAD, deep-vg), at RECALL_RADIUS_M.
+RECALL_TOP_N: tuple[int, ...] = (1, 5, 10, 20)
+RECALL_RADIUS_M = 25.0
 #: Largest threshold and step of the accuracy curves, in metres.
 CURVE_MAX_M = 25.0
 CURVE_STEP_M = 0.5
@@ -201,3 +204,94 @@ def upper_bound_curve(
     """Upper bound against the threshold: ``(thresholds, values)``, both (T,)."""
     thresholds = curve_thresholds(max_m, step_m)
     return thresholds, upper_bound(query_xy, ref_xy, thresholds)
+
+
+def area_under_curve(errors: np.ndarray, max_m: float = CURVE_MAX_M) -> float:
+    """Normalised area under an accuracy curve on [0, ``max_m``], in [0, 1].
+
+    The top-1 curve is the step function ``A(d) = share of queries with error <= d``; its
+    exact area divided by ``max_m`` is::
+
+        AUC = (1 / max_m) * integral_0^max_m A(d) dd = mean_q max(0, 1 - e_q / max_m)
+
+    (each query contributes the part of [0, max_m] where it counts as localized). So it
+    does not depend on the sampling of the plotted curve; 1 means every error is 0 m, 0 that
+    none is below ``max_m``. A query with no reference within ``max_m`` contributes 0. Given
+    the top-1 errors it is the top-1 AUC; given :func:`nearest_reference_distance` the AUC of
+    the upper bound.
+
+    Args:
+        errors: (Q,) non-negative distances in metres (Q >= 1).
+        max_m: right end of the curve, metres (> 0).
+    """
+    errors = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if errors.size == 0:
+        raise ValueError("errors is empty: the area under the curve needs at least one query")
+    if not np.all(np.isfinite(errors)) or np.any(errors < 0):
+        raise ValueError("errors must be finite and >= 0 metres")
+    if not max_m > 0:
+        raise ValueError(f"max_m must be > 0 metres, got {max_m}")
+    return float(np.mean(np.clip(1.0 - errors / max_m, 0.0, 1.0)))
+
+
+def recall_at_n(
+    query_xy: np.ndarray,
+    ref_xy: np.ndarray,
+    retrieved: np.ndarray,
+    top_n: Sequence[int] = RECALL_TOP_N,
+    radius_m: float = RECALL_RADIUS_M,
+) -> dict[int, float]:
+    """Recall@N: share of queries with a reference within ``radius_m`` among the first N.
+
+    The VPR literature's number (NetVLAD, deep-visual-geo-localization-benchmark): the same
+    as top-N localization accuracy at ``radius_m``. Every query counts in the denominator,
+    also one with no reference within ``radius_m`` at all (it is a miss for every N), so
+    recall@N never exceeds the upper bound at ``radius_m``.
+
+    Args:
+        query_xy, ref_xy: (Q, 2) and (R, 2) positions, metres.
+        retrieved: (Q, K) reference indices, best first.
+        top_n: the N values. An N above K is allowed only when the K retrieved are all R
+            references (then recall@N = recall@K); otherwise it raises.
+        radius_m: distance in metres (inclusive).
+
+    Returns:
+        ``{N: recall}`` in the order of ``top_n``.
+
+    Raises:
+        ValueError: an N < 1, or N > K with fewer than all references retrieved.
+    """
+    retrieved = np.asarray(retrieved)
+    if retrieved.ndim == 1:
+        retrieved = retrieved[:, None]
+    num_retrieved = retrieved.shape[-1]
+    num_refs = len(np.asarray(ref_xy))
+    accuracy = topn_accuracy(query_xy, ref_xy, retrieved, [radius_m])[:, 0]
+    recalls = {}
+    for n in top_n:
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"recall@{n}: N must be >= 1")
+        if n > num_retrieved and num_retrieved < num_refs:
+            raise ValueError(
+                f"recall@{n} needs at least {n} retrieved references per query, got "
+                f"{num_retrieved}; search with k >= {n}"
+            )
+        recalls[n] = float(accuracy[min(n, num_retrieved) - 1])
+    return recalls
+
+
+def error_percentiles(
+    errors: np.ndarray, percentiles: Sequence[float] = (50.0, 90.0)
+) -> list[float]:
+    """Percentiles of position errors in metres (linear interpolation between order
+    statistics, numpy's default; the 50th is the usual median, the mean of the two middle
+    values for an even count).
+
+    Raises:
+        ValueError: no errors, or non-finite ones.
+    """
+    errors = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if errors.size == 0 or not np.all(np.isfinite(errors)):
+        raise ValueError("position errors must be a non-empty array of finite metres")
+    return [float(v) for v in np.percentile(errors, list(percentiles))]

@@ -19,10 +19,11 @@ import numpy as np
 
 from softloc.atomic import write_json, write_text
 from softloc.data.places import PlaceTable
-from softloc.evaluation.metrics import DEFAULT_THRESHOLDS
+from softloc.evaluation.metrics import DEFAULT_THRESHOLDS, RECALL_TOP_N
 from softloc.evaluation.report import (
     curves_from_results,
     evaluate_retrieval,
+    format_summary_table,
     format_table,
     plot_curves,
 )
@@ -50,21 +51,48 @@ def query_places(places: PlaceTable, the_map: Map, split: str) -> PlaceTable:
     return queries
 
 
+def order_ties(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Search results best first, with a fixed order among equal similarities.
+
+    FAISS returns tied scores in the order of its heap (a flat index keeps the lowest rows
+    at the cut-off of k but lists them highest row first), so the evaluation re-sorts each row
+    by score (descending), then reference row (ascending): among equally similar
+    references the earlier row of the map (the earlier image of the reference drive) ranks
+    first. Padding (-1, from an IVF index that found too few) stays at the end.
+
+    Args:
+        scores: (Q, K) similarities (inner products, larger is better).
+        indices: (Q, K) reference rows.
+
+    Returns:
+        ``(scores, indices)`` re-ordered.
+    """
+    scores = np.asarray(scores)
+    indices = np.asarray(indices)
+    order = np.lexsort((indices, -scores.astype(np.float64), indices < 0), axis=-1)
+    return np.take_along_axis(scores, order, -1), np.take_along_axis(indices, order, -1)
+
+
 def evaluate_map(
     map_dir: str | os.PathLike[str],
     places: PlaceTable,
     split: str = "test",
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    top_k: int = 5,
+    top_k: int = max(RECALL_TOP_N),
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per condition of one map: ``{condition: evaluate_retrieval(...)}``."""
+    """Metrics per condition of one map: ``{condition: evaluate_retrieval(...)}``.
+
+    ``top_k`` references are retrieved per query (20, for recall@20); ties in similarity are
+    ordered by :func:`order_ties`. The descriptors are those of the map's own model, whose
+    whitening (if any) the Trainer fitted on training images, never on these queries.
+    """
     the_map = Map.load(map_dir)
     model = load_map_model(map_dir)
     queries = query_places(places, the_map, split)
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=progress, desc="queries")
-    _, retrieved = the_map.search(descriptors, top_k)
+    _, retrieved = order_ties(*the_map.search(descriptors, top_k))
     results = {}
     for condition in queries.conditions():
         mask = queries.condition == condition
@@ -81,7 +109,7 @@ def write_results(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / RESULTS_JSON, results)
-    table = format_table(results)
+    table = format_table(results) + "\n" + format_summary_table(results)
     write_text(out / RESULTS_TABLE, (f"# {title}\n\n" if title else "") + table)
     curves, upper = curves_from_results(results)
     plot_curves(curves, upper, out / CURVES_PNG, title=title or None)

@@ -22,7 +22,14 @@ from softloc.evaluation.metrics import (
     CURVE_MAX_M,
     CURVE_STEP_M,
     DEFAULT_THRESHOLDS,
+    RECALL_RADIUS_M,
+    RECALL_TOP_N,
+    area_under_curve,
     curve_thresholds,
+    error_percentiles,
+    nearest_reference_distance,
+    position_errors,
+    recall_at_n,
     topn_accuracy,
     upper_bound,
 )
@@ -31,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: The top-N columns of the tables.
 DEFAULT_TOP_N: tuple[int, ...] = (1, 5)
+#: Key of the recall@N dict in a metrics dict.
+RECALL_KEY = f"recall_at_{RECALL_RADIUS_M:g}m"
 
 Curve = tuple[Sequence[float], Sequence[float]]
 
@@ -48,6 +57,7 @@ def evaluate_retrieval(
     top_n: Sequence[int] = DEFAULT_TOP_N,
     curve_max_m: float = CURVE_MAX_M,
     curve_step_m: float = CURVE_STEP_M,
+    recall_n: Sequence[int] = RECALL_TOP_N,
 ) -> dict[str, Any]:
     """Accuracy of one retrieval run as a JSON-able dict.
 
@@ -57,7 +67,9 @@ def evaluate_retrieval(
         retrieved: (Q, K) reference indices, best first.
         thresholds: distances (metres) of the table columns.
         top_n: the N of the top-N entries; an N larger than K is left out (with a warning).
-        curve_max_m, curve_step_m: range and step of the curves.
+        curve_max_m, curve_step_m: range and step of the curves (and of the AUC).
+        recall_n: the N of recall@N at 25 m; an N above K is left out (with a warning)
+            unless the K retrieved are all the references.
 
     Returns:
         A dict of shares in [0, 1]::
@@ -69,9 +81,22 @@ def evaluate_retrieval(
               "upper_bound": {"5": .., ...},
               "curves": {"thresholds": [0.0, 0.5, ..., 25.0],
                          "top1": [...], "top5": [...], "upper_bound": [...]},
+              "auc": ..,                # area under the top-1 curve, 0-25 m, in [0, 1]
+              "auc_upper_bound": ..,    # the same for the upper-bound curve
+              "recall_at_25m": {"1": .., "5": .., "10": .., "20": ..},
+              "median_error_m": .., "p90_error_m": ..,   # top-1 position error, metres
             }
 
-        Keys of the threshold dicts come from :func:`threshold_key`.
+        Keys of the threshold dicts come from :func:`threshold_key`. ``auc`` is the exact
+        area under the top-1 step curve on [0, ``curve_max_m``] divided by ``curve_max_m``,
+        i.e. the mean over queries of ``max(0, 1 - e_q / curve_max_m)`` with ``e_q`` the
+        top-1 error (see :func:`~softloc.evaluation.metrics.area_under_curve`). Recall@N
+        counts every query (:func:`~softloc.evaluation.metrics.recall_at_n`). The error
+        percentiles interpolate linearly between order statistics (numpy's default).
+
+        The retrieved order is taken as given: ties in descriptor similarity are ordered by
+        whoever searched (:func:`softloc.evaluation.protocol.order_ties` puts the lower
+        reference row first).
     """
     query_xy = np.asarray(query_xy, dtype=np.float64)
     retrieved = np.asarray(retrieved)
@@ -99,6 +124,18 @@ def evaluate_retrieval(
         curves[f"top{n}"] = accuracy[n - 1, num_t:].tolist()
     curves["upper_bound"] = bound[num_t:].tolist()
     result["curves"] = curves
+    errors = position_errors(query_xy, ref_xy, retrieved)
+    result["auc"] = area_under_curve(errors, curve_max_m)
+    result["auc_upper_bound"] = area_under_curve(
+        nearest_reference_distance(query_xy, ref_xy), curve_max_m
+    )
+    num_refs = len(np.asarray(ref_xy))
+    kept_recall = [int(n) for n in recall_n if num_retrieved >= min(int(n), num_refs)]
+    if len(kept_recall) < len(recall_n):
+        logger.warning("recall@N left out for N > %d: too few neighbours retrieved", num_retrieved)
+    recalls = recall_at_n(query_xy, ref_xy, retrieved, kept_recall, RECALL_RADIUS_M)
+    result[RECALL_KEY] = {str(n): value for n, value in recalls.items()}
+    result["median_error_m"], result["p90_error_m"] = error_percentiles(errors, (50.0, 90.0))
     return result
 
 
@@ -184,6 +221,44 @@ def format_table(
             cells.extend(_percent(values.get(key)) for key in keys)
         lines.append(_markdown_row(cells))
     return "\n".join(lines) + "\n"
+
+
+def format_summary_table(results: Mapping[str, Any]) -> str:
+    """A Markdown table of the summary numbers: AUC, recall@N at 25 m, top-1 errors.
+
+    Columns: AUC of the top-1 curve 0-25 m and of the upper bound (percent), recall@1/5/10/20
+    at 25 m (percent), median and 90th-percentile top-1 position error (metres). A value
+    missing from a row (results written before these keys existed, or too few neighbours
+    retrieved) shows as "-".
+
+    Args:
+        results: as for :func:`format_table`.
+
+    Raises:
+        ValueError: empty or malformed ``results``.
+    """
+    rows = _rows(results)
+    if not rows:
+        raise ValueError("results is empty: nothing to tabulate")
+    label_names = ["model", "condition"] if len(rows[0][0]) == 2 else ["condition"]
+    recall_header = [f"R@{n} @{RECALL_RADIUS_M:g} m" for n in RECALL_TOP_N]
+    header = label_names + ["AUC 0-25 m", "upper AUC", *recall_header, "median err (m)"]
+    header.append("p90 err (m)")
+    aligns = ["---"] * len(label_names) + ["---:"] * (len(header) - len(label_names))
+    lines = [_markdown_row(header), _markdown_row(aligns)]
+    for label, metrics in rows:
+        recalls = metrics.get(RECALL_KEY, {})
+        cells = list(label)
+        cells.append(_percent(metrics.get("auc")))
+        cells.append(_percent(metrics.get("auc_upper_bound")))
+        cells.extend(_percent(recalls.get(str(n))) for n in RECALL_TOP_N)
+        cells.extend(_metres(metrics.get(key)) for key in ("median_error_m", "p90_error_m"))
+        lines.append(_markdown_row(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _metres(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def curves_from_results(

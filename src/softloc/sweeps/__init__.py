@@ -1,0 +1,1 @@
+"""Sweeps over descriptor size, reference spacing and training settings (tables + plots)."""
