@@ -18,7 +18,8 @@ def test_colour_code_is_one_to_one_over_the_region() -> None:
     gaps = np.linalg.norm(colors[:, None] - colors[None], axis=2) + np.eye(66)
     assert gaps.min() > 0.02
     corners = position_colors(np.array([[0, 0], [100, 0], [0, 50], [100, 50]]), bounds)
-    assert np.linalg.norm(corners[:, None] - corners[None], axis=2)[np.triu_indices(4, 1)].min() > 0.3
+    corner_gaps = np.linalg.norm(corners[:, None] - corners[None], axis=2)
+    assert corner_gaps[np.triu_indices(4, 1)].min() > 0.3
     # outside the box: clipped to the border colour; a flat region does not divide by zero
     np.testing.assert_allclose(position_colors(np.array([[-5.0, 60.0]]), bounds),
                                position_colors(np.array([[0.0, 50.0]]), bounds))
