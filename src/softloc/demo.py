@@ -52,6 +52,7 @@ class DemoConfig:
         losses: model name -> overrides of its own (the loss and its learning rate).
         map_spacing: references kept at least this many metres apart in the maps.
         split: the split evaluated.
+        report_tsne_points: queries per model in the report's t-SNE picture.
     """
 
     seed: int = 0

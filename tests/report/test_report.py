@@ -136,3 +136,27 @@ def test_report_rejects_what_it_cannot_read(street, tmp_path: Path, capsys) -> N
                  "--out", str(tmp_path / "r")]) == 2
     assert "not a map folder" in capsys.readouterr().err
     assert not (tmp_path / "r" / "index.html").exists()
+
+
+def test_run_dirs_resolve_to_named_maps(street, tmp_path: Path) -> None:
+    from softloc.report.collect import find_sweeps, resolve_runs
+
+    def fake_map(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+        return folder
+
+    demo = tmp_path / "demo"
+    for name in ("soft", "triplet"):
+        fake_map(demo / "maps" / name)
+    (demo / "maps" / "half_built").mkdir()  # no manifest: not a map, left out
+    other = fake_map(tmp_path / "elsewhere" / "soft")
+    runs = resolve_runs([demo, other], street, tmp_path / "out", progress=False)
+    assert [r.name for r in runs] == ["maps-soft", "triplet", "elsewhere-soft"]
+    assert [r.source for r in runs] == [demo, demo, other]
+    assert not any(r.built for r in runs)
+    (demo / "sweep_loss.csv").write_text("a\n1\n")
+    (demo / "sweep_loss.txt").write_text("not a sweep output")
+    assert find_sweeps([demo]) == {"loss": {".csv": demo / "sweep_loss.csv"}}
+    with pytest.raises(ReportInputError, match="no such sweep folder"):
+        find_sweeps([tmp_path / "missing"])
