@@ -259,10 +259,9 @@ def _sections(
     for path, caption in gradcams:
         gradcam_body.append(html.figure_html(rel(path), caption, ["gradcam/gradcam.csv"]))
     sections.append(("gradcam", "Grad-CAM", "".join(gradcam_body)))
-    failure_body = ['<p class="note">The queries whose top-1 reference is farthest away: '
-                    "query, retrieved reference (its distance), true nearest reference.</p>"]
-    for path in failure_pngs:
-        failure_body.append(html.figure_html(rel(path), path.stem.removeprefix("failures_"),
-                                             ["failures/failures.csv"]))
-    sections.append(("failures", "Worst failures", "".join(failure_body)))
+    failure_note = ('<p class="note">The queries whose top-1 reference is farthest away: '
+                    "query, retrieved reference (its distance), true nearest reference.</p>")
+    galleries = [html.figure_html(rel(path), path.stem.removeprefix("failures_"),
+                                  ["failures/failures.csv"]) for path in failure_pngs]
+    sections.append(("failures", "Worst failures", failure_note + html.gallery(galleries)))
     return sections

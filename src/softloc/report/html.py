@@ -21,6 +21,8 @@ figure { margin: 0.8em 0; } figcaption { font-size: 0.85em; color: #555; }
 img { max-width: 100%; border: 1px solid #ddd; }
 .files { font-size: 0.85em; } .note { color: #555; font-size: 0.9em; }
 .scroll { overflow-x: auto; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.gallery > div { flex: 0 1 460px; }
 """
 
 
@@ -88,6 +90,11 @@ def csv_preview_html(path: Path, href: str, max_rows: int = 30) -> str:
     if more > 0:
         html.append(f'<p class="note">... {more} more rows in the CSV</p>')
     return "".join(html) + "\n" + files_line([href])
+
+
+def gallery(items: Sequence[str]) -> str:
+    """Blocks (figures with their links) side by side, wrapping to the page width."""
+    return '<div class="gallery">' + "".join(f"<div>{item}</div>" for item in items) + "</div>"
 
 
 def section(title: str, body: str, anchor: str) -> str:
