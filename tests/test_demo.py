@@ -29,7 +29,8 @@ def test_quick_demo_writes_every_result(tmp_path: Path, capsys) -> None:
             for t in ("5", "10", "15", "25"):
                 assert 0.0 <= entry["top1"][t] <= entry["top5"][t] <= entry["upper_bound"][t]
     assert "| soft_contrastive | night |" in printed
-    for name in ("results.md", "curves.png", "demo.yaml", "town/places.csv"):
+    for name in ("results.md", "curves.png", "demo.yaml", "town/places.csv",
+                 "report/index.html", "report/tsne.png", "report/gradcam/query_1.png"):
         assert (out / name).is_file(), name
     for run in ("soft_contrastive", "triplet"):
         assert (out / "runs" / run / "config.yaml").is_file()

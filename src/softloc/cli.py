@@ -163,6 +163,66 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from softloc.data.places import read_places
+    from softloc.explain.failures import write_failures
+    from softloc.explain.gradcam import gradcam_row, write_gradcam
+    from softloc.explain.movie import write_movie
+    from softloc.explain.queries import retrieve
+    from softloc.explain.tsne import write_tsne
+
+    places = read_places(args.data)
+    retrievals = [
+        retrieve(m, places, args.split, condition=args.condition, progress=not args.quiet)
+        for m in args.map
+    ]
+    if args.picture == "tsne":
+        paths = [write_tsne(retrievals, args.out, max_points=args.max_points, seed=args.seed)]
+    elif args.picture == "gradcam":
+        queries = retrievals[0].queries
+        if not 0 <= args.query_index < len(queries):
+            raise ValueError(
+                f"--query-index {args.query_index} is outside the {len(queries)} queries; "
+                f"choose 0 to {len(queries) - 1}"
+            )
+        i = args.query_index
+        rows = [gradcam_row(r.name, r.the_map, r.model, queries.image_path(i), queries.xy[i])
+                for r in retrievals]
+        path = args.out / f"gradcam_{i}.png"
+        paths = [write_gradcam(rows, path, args.threshold, title=str(queries.path[i]))]
+        for row in rows:
+            print(f"{row.model}: retrieved {row.retrieved_path} at {row.distance_m:.1f} m "
+                  f"{row.note}".rstrip())
+    elif args.picture == "movie":
+        paths = [write_movie(retrievals, args.out, traversal=args.traversal,
+                             max_frames=args.max_frames, threshold_m=args.threshold,
+                             progress=not args.quiet)]
+    else:
+        paths = write_failures(retrievals, args.out, count=args.count)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from softloc.data.places import read_places
+    from softloc.report import build_report
+
+    places = read_places(args.data)
+    index = build_report(
+        args.runs,
+        places,
+        args.out,
+        split=args.split,
+        sweep_dirs=args.sweeps or (),
+        spacing=args.spacing,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"report: {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -305,6 +365,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
     demo.set_defaults(func=_cmd_demo)
+
+    explain = sub.add_parser("explain", help="pictures: t-SNE, Grad-CAM, movie, failures")
+    explain.add_argument("picture", choices=["tsne", "gradcam", "movie", "failures"])
+    explain.add_argument("--map", required=True, nargs="+", type=Path,
+                         help="map folder(s) from `softloc map build`, one per model")
+    explain.add_argument("--data", required=True, type=Path, help="dataset folder")
+    explain.add_argument("--out", required=True, type=Path, help="folder for the pictures")
+    explain.add_argument("--split", default="test")
+    explain.add_argument("--condition", help="queries of this condition only")
+    explain.add_argument("--query-index", type=int, default=0,
+                         help="gradcam: which query (0-based, in traversal then time order)")
+    explain.add_argument("--traversal", help="movie: which query drive (default: the first)")
+    explain.add_argument("--max-frames", type=int, default=40, help="movie: frame cap")
+    explain.add_argument("--max-points", type=int, default=600, help="tsne: queries drawn")
+    explain.add_argument("--count", type=int, default=6, help="failures: how many")
+    explain.add_argument("--threshold", type=float, default=10.0,
+                         help="gradcam/movie: metres within which a retrieval is correct")
+    explain.add_argument("--seed", type=int, default=0, help="tsne: seed")
+    explain.set_defaults(func=_cmd_explain)
+
+    report = sub.add_parser("report", help="one HTML page comparing models side by side")
+    report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="map folder, training run folder or demo folder")
+    report.add_argument("--data", required=True, type=Path, help="dataset folder")
+    report.add_argument("--out", required=True, type=Path, help="report folder")
+    report.add_argument("--split", default="test")
+    report.add_argument("--sweeps", nargs="+", type=Path,
+                        help="folders holding sweep_<kind>.csv/.png/.json files")
+    report.add_argument("--spacing", type=float, default=0.0,
+                        help="reference spacing (m) of maps built for training runs")
+    report.add_argument("--seed", type=int, default=0, help="t-SNE seed")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -11,6 +11,7 @@ Run folder::
     OUT/runs/<model>/            training runs (config.yaml, logs, checkpoints, model)
     OUT/maps/<model>/            one map per model
     OUT/results.json|md, curves.png, demo.yaml
+    OUT/report/                  the HTML report of every model (``softloc report``)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from softloc.data.synthetic import TownConfig, generate_town
 from softloc.evaluation.protocol import evaluate_map, write_results
 from softloc.localize import build_map
 from softloc.models import create_model, save_model
+from softloc.report import build_report
 from softloc.train import FINAL_MODEL, Trainer
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class DemoConfig:
         losses: model name -> overrides of its own (the loss and its learning rate).
         map_spacing: references kept at least this many metres apart in the maps.
         split: the split evaluated.
+        report_tsne_points: queries per model in the report's t-SNE picture.
     """
 
     seed: int = 0
@@ -63,6 +66,7 @@ class DemoConfig:
     )
     map_spacing: float = 3.0
     split: str = "test"
+    report_tsne_points: int = 600
 
 
 def quick_config(seed: int = 0) -> DemoConfig:
@@ -70,6 +74,7 @@ def quick_config(seed: int = 0) -> DemoConfig:
     return DemoConfig(
         seed=seed,
         town=TownConfig(seed=seed, width=48, height=36, route_length=1000.0),
+        report_tsne_points=150,
         base=(
             "train.steps=4",
             "train.steps_per_epoch=2",
@@ -159,6 +164,17 @@ def run_demo(
     minutes = (time.perf_counter() - began) / 60
     title = f"softloc demo (seed {config.seed}): top-N accuracy on the town's test region"
     table = write_results(results, out, title=title)
+    build_report(
+        [out / "maps" / name for name in models],
+        places,
+        out / "report",
+        split=config.split,
+        results=results,
+        seed=config.seed,
+        tsne_points=config.report_tsne_points,
+        title=f"softloc demo (seed {config.seed})",
+        progress=progress,
+    )
     logger.info("demo finished in %.1f min; results in %s", minutes, out)
     return table
 
