@@ -115,13 +115,14 @@ def test_report_writes_every_file_it_references(report_inputs, tmp_path: Path) -
     shot = tmp_path / "shot.png"
     subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--screenshot={shot}", "--window-size=1200,2400", index.as_uri()],
+         f"--screenshot={shot}", "--window-size=1200,6000", index.as_uri()],
         check=True, capture_output=True, timeout=120,
     )
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
-    assert pixels.shape[:2] == (2400, 1200)
-    # not blank: dark text and coloured figures on a white page
+    assert pixels.shape[:2] == (6000, 1200)
+    # not blank: dark text and coloured figures on a white page (the window is tall enough to
+    # reach the Grad-CAM panels and failure galleries, whose town images are coloured)
     assert pixels.std() > 20
     assert (pixels.mean(axis=2) < 100).mean() > 0.002
     assert (pixels.max(axis=2) - pixels.min(axis=2) > 60).mean() > 0.01
