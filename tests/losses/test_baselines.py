@@ -64,7 +64,8 @@ def test_quadruplet_hand_values():
 def test_quadruplet_sum_and_max_differ_when_two_hinges_are_active():
     distances = line([0.0, 3.0, 10.0, 40.0, 50.0, 80.0])
     descriptors = QUAD.clone()
-    descriptors[3] = torch.tensor([0.8, -0.6], dtype=torch.float64)  # n1 now as close to the anchor as p1
+    # n1 now as close to the anchor as p1
+    descriptors[3] = torch.tensor([0.8, -0.6], dtype=torch.float64)
     # hardest near 0.8: first [0.9 - 0.4]+ + [0.9 - 0.8]+ = 0.6 (max 0.5);
     # second: e(o, n1) = 0 -> 1.0, e(o, n2) = 0.08 -> 0.92: sum 1.92 (max 1.0).
     summed = QuadrupletLoss(positive="hardest", **RADII)(descriptors, distances)
