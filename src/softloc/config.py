@@ -19,7 +19,6 @@ import yaml
 
 from softloc.atomic import write_text
 
-
 DEVICES = ("cpu", "cuda", "auto")
 
 
