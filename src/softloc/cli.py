@@ -92,7 +92,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from softloc.demo import run_demo
 
-    table = run_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    table = run_demo(
+        args.out, seed=args.seed, quick=args.quick, progress=not args.quiet, losses=args.loss
+    )
     print(table)
     return 0
 
@@ -163,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
+    demo.add_argument(
+        "--loss",
+        action="append",
+        help="train this loss (repeat for several; default: soft_contrastive and triplet)",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
