@@ -123,7 +123,7 @@ class MiningConfig:
 
     The cache holds ``cache_size`` descriptors of random training images: ``cache_size * D * 4``
     bytes in memory and in every checkpoint (1,000 x 32,768-D VGG16-NetVLAD descriptors:
-    131 MB; 1,000 x small_netvlad's 1,024-D: 4 MB). Lower ``cache_size`` on large models.
+    131 MB; 1,000 x small_netvlad's 2,048-D: 8 MB). Lower ``cache_size`` on large models.
 
     Attributes:
         enabled: mine hard near and far images (off: every tuple is drawn at random).
