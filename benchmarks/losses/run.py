@@ -13,9 +13,10 @@ within 5, 10 and 15 m, mean and spread (sample standard deviation) over seeds, a
 bound (queries whose nearest reference lies that close at all).
 
 Runs are cached per (condition, seed) in ``OUT/runs/<condition>/seed<k>/`` (training run
-folder with its ``config.yaml`` + ``result.json``), so an interrupted benchmark resumes where
-it stopped (a half-trained run resumes from its last checkpoint). ``--workers N`` trains N runs
-in parallel processes, each with ``cores // N`` torch threads.
+folder with its ``config.yaml`` + ``result.json``, ``result_val.json`` for ``--split val``), so
+an interrupted benchmark resumes where it stopped (a half-trained run resumes from its last
+checkpoint). ``--workers N`` trains N runs in parallel processes, each with ``cores // N``
+torch threads.
 
 Writes ``OUT/results.json`` and the Markdown report (``--results``, default
 ``benchmarks/losses/RESULTS.md``, for a ``--quick`` run too) with the
@@ -26,6 +27,7 @@ is appended when present (the interpretation, written by a person).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -95,6 +97,7 @@ class Protocol:
     mining: bool
     whitening_dim: int | None = 128
     map_spacing: float = 3.0
+    split: str = "test"
 
     def overrides(self, dataset: Path, seed: int, threads: int) -> list[str]:
         shared = [
@@ -178,7 +181,8 @@ def run_one(
 
     torch.set_num_threads(threads)
     folder = Path(out) / "runs" / condition / f"seed{seed}"
-    result_file = folder / "result.json"
+    suffix = "" if protocol.split == "test" else f"_{protocol.split}"
+    result_file = folder / f"result{suffix}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     overrides = protocol.overrides(Path(dataset), seed, threads) + list(CONDITIONS[condition])
@@ -188,10 +192,10 @@ def run_one(
     model_path = Trainer(config, folder, places=places, progress=False).run(resume=True)
     train_seconds = time.perf_counter() - began
     map_dir = build_map(
-        model_path, places, folder / "map", split="test", spacing=protocol.map_spacing,
-        progress=False,
+        model_path, places, folder / f"map_{protocol.split}", split=protocol.split,
+        spacing=protocol.map_spacing, progress=False,
     )
-    metrics = evaluate_map(map_dir, places, split="test", progress=False)
+    metrics = evaluate_map(map_dir, places, split=protocol.split, progress=False)
     result = {
         "condition": condition,
         "seed": seed,
@@ -299,7 +303,8 @@ def write_report(
         f"lr {protocol.lr:g}, halved every {protocol.steps_per_epoch} steps; hard mining "
         f"{'on' if protocol.mining else 'off'}; seeds {', '.join(map(str, seeds))} (the town "
         "is the same for every seed; the seed sets the initialisation and the tuples). Map: "
-        f"the test region's reference drive, a reference every {protocol.map_spacing:g} m; "
+        f"the {protocol.split} region's reference drive, a reference every "
+        f"{protocol.map_spacing:g} m; "
         f"queries: {counts}.",
         "",
         f"Top-1 accuracy (%) within 5 / 10 / 15 m, mean ± standard deviation over "
@@ -325,12 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mining", action="store_true", help="hard-example mining for all")
     parser.add_argument("--only", nargs="+", choices=sorted(CONDITIONS), default=None)
     parser.add_argument("--results", type=Path, default=None, help="report path")
+    parser.add_argument(
+        "--split", default="test", choices=["test", "val"],
+        help="region evaluated (val: for choosing settings such as the learning rate)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     quick = args.quick
     seeds = args.seeds or ([0, 1] if quick else [0, 1, 2])
     protocol = (quick_protocol if quick else full_protocol)(args.steps, args.lr, args.mining)
+    protocol = dataclasses.replace(protocol, split=args.split)
     out = args.out or Path("runs") / ("bench_losses_quick" if quick else "bench_losses")
     results_path = args.results or HERE / "RESULTS.md"
     conditions = args.only or list(CONDITIONS)
