@@ -71,3 +71,11 @@ def test_runs_share_everything_but_the_loss(bench, tmp_path: Path) -> None:
         assert config.train == first.train and config.tuples == first.tuples
         assert config.model == first.model and config.mining == first.mining
     assert first.train.steps == 1200 and first.train.seed == 1 and first.tuples.n_near == 6
+
+
+def test_a_failed_run_is_reported_not_fatal(bench) -> None:
+    results = [_result("triplet", 0, 0.5), {"condition": "log_ratio", "seed": 1,
+                                            "error": "non-finite loss nan at step 3"}]
+    table = bench.markdown_table(results, ["triplet", "log_ratio"])
+    assert "| triplet |" in table and "| log_ratio |" not in table
+    assert "log_ratio seed 1 failed: non-finite loss nan at step 3" in table

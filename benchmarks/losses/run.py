@@ -177,7 +177,7 @@ def run_one(
     from softloc.data.places import read_places
     from softloc.evaluation.protocol import evaluate_map
     from softloc.localize import build_map
-    from softloc.train import Trainer
+    from softloc.train import Trainer, TrainingError
 
     torch.set_num_threads(threads)
     folder = Path(out) / "runs" / condition / f"seed{seed}"
@@ -189,7 +189,12 @@ def run_one(
     config = load_config("demo", overrides)
     places = read_places(dataset)
     began = time.perf_counter()
-    model_path = Trainer(config, folder, places=places, progress=False).run(resume=True)
+    try:
+        model_path = Trainer(config, folder, places=places, progress=False).run(resume=True)
+    except TrainingError as error:  # e.g. a diverged loss: reported in the table, not fatal
+        result = {"condition": condition, "seed": seed, "error": str(error)}
+        write_json(result_file, result)
+        return result
     train_seconds = time.perf_counter() - began
     map_dir = build_map(
         model_path, places, folder / f"map_{protocol.split}", split=protocol.split,
@@ -211,6 +216,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, li
     """``table[condition][query condition][threshold]`` = list of top-1 % over seeds."""
     table: dict[str, dict[str, dict[str, list[float]]]] = {}
     for result in sorted(results, key=lambda r: r["seed"]):
+        if "error" in result:
+            continue
         row = table.setdefault(result["condition"], {})
         for query, metrics in result["metrics"].items():
             for t in THRESHOLDS:
@@ -242,10 +249,13 @@ def markdown_table(results: list[dict[str, Any]], conditions: list[str]) -> str:
         ]
         cells.append(_cell(per_seed))
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
-    first = results[0]["metrics"]
+    failed = [r for r in results if "error" in r and r["condition"] in conditions]
+    first = next(r for r in results if "error" not in r)["metrics"]
     bound = [f"{100 * first[q]['upper_bound'][t]:.1f}" for q in queries for t in THRESHOLDS]
     bound_mean = statistics.mean(100 * first[q]["upper_bound"]["10"] for q in queries)
     lines.append("| upper bound | " + " | ".join(bound) + f" | {bound_mean:.1f} |")
+    for result in failed:
+        lines.append(f"\n{result['condition']} seed {result['seed']} failed: {result['error']}")
     return "\n".join(lines)
 
 
@@ -271,9 +281,10 @@ def write_report(
 ) -> None:
     from softloc.atomic import write_text
 
-    trained = [r["train_seconds"] for r in results if r["condition"] != "off_the_shelf"]
-    per_run = [r["total_seconds"] for r in results if r["condition"] != "off_the_shelf"]
-    queries = results[0]["metrics"]
+    ok = [r for r in results if "error" not in r]
+    trained = [r["train_seconds"] for r in ok if r["condition"] != "off_the_shelf"]
+    per_run = [r["total_seconds"] for r in ok if r["condition"] != "off_the_shelf"]
+    queries = ok[0]["metrics"]
     counts = ", ".join(f"{q} {queries[q]['num_queries']}" for q in queries if q in queries)
     command = "python benchmarks/losses/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     mode = "quick" if quick else "full"
