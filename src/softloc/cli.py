@@ -125,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML config (defaults when omitted)")
     train.add_argument("--out", required=True, type=Path, help="run folder")
     train.add_argument("--data", help="dataset folder (overrides data.root)")
-    train.add_argument("--loss", help="loss name (overrides loss.name)")
+    train.add_argument(
+        "--loss",
+        help="loss name (overrides loss.name), e.g. soft_contrastive, triplet, quadruplet, "
+        "contrastive, multi_similarity, off_the_shelf (all: README, 'Losses')",
+    )
     train.add_argument("--steps", type=int, help="overrides train.steps")
     train.add_argument("--seed", type=int, help="overrides train.seed")
     train.add_argument(
