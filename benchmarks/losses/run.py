@@ -126,7 +126,12 @@ class Protocol:
 
 
 def full_protocol(steps: int | None, lr: float, mining: bool) -> Protocol:
-    """The table: 1,200 steps, 3 seeds, the default town (fits an hour on 2 free cores)."""
+    """The table: 1,200 steps, 3 seeds, the default town.
+
+    Measured on 2 free cores with ``--workers 2``: 89 s per trained run (84 s training,
+    whitening included), so 42 trained runs + 3 off-the-shelf + the town take about 35 min,
+    leaving room for a shared machine within the hour (benchmarks/losses/RESULTS.md).
+    """
     steps = steps or 1200
     return Protocol(
         steps=steps,
