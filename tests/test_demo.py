@@ -41,3 +41,14 @@ def test_quick_demo_writes_every_result(tmp_path: Path, capsys) -> None:
     assert main(["-q", "demo", "--out", str(out), "--quick", "--seed", "3"]) == 0
     assert (out / "town" / "places.csv").stat().st_mtime_ns == stamp
     assert (out / "results.md").read_text() == first
+
+
+def test_demo_takes_any_registered_loss_and_rejects_unknown_ones(tmp_path: Path) -> None:
+    from softloc.demo import losses_by_name
+    from softloc.losses import available_losses
+
+    entries = losses_by_name(available_losses())
+    assert entries["quadruplet"] == ("loss.name=quadruplet",) and len(entries) >= 11
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; known losses: contrastive"):
+        losses_by_name(["triplet", "hinge"])
+    assert main(["-q", "demo", "--out", str(tmp_path / "d"), "--quick", "--loss", "hinge"]) == 2

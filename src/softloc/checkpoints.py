@@ -2,7 +2,8 @@
 
 A checkpoint of step S is three files in the checkpoint folder:
 ``step_S.optim.safetensors`` (optimizer state), ``step_S.safetensors`` (model weights) and
-``step_S.json`` (model meta, step, config). Each is written to a temporary name and renamed;
+``step_S.json`` (model meta, step, config), plus ``step_S.state.safetensors`` when the trainer
+has more state to keep (the hard-mining cache). Each is written to a temporary name and renamed;
 the sidecar is written last, so a checkpoint is complete exactly when its sidecar exists.
 """
 
@@ -29,6 +30,10 @@ def checkpoint_path(folder: str | os.PathLike[str], step: int) -> Path:
 
 def _optim_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name.replace(".safetensors", ".optim.safetensors"))
+
+
+def _state_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name.replace(".safetensors", ".state.safetensors"))
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: str | os.PathLike[str]) -> Path:
@@ -81,14 +86,23 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any],
     keep: int = 2,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``step`` and delete all but the ``keep`` most recent ones."""
+    """Write the checkpoint of ``step`` and delete all but the ``keep`` most recent ones.
+
+    ``state``: further tensors to restore on resume (read back with :func:`load_state`).
+    """
     path = checkpoint_path(folder, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_optimizer(optimizer, _optim_path(path))
+    _state_path(path).unlink(missing_ok=True)
+    if state:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        with atomic_path(_state_path(path)) as tmp:
+            save_file(tensors, str(tmp))
     save_model(model, path, extra={**extra, "step": step})
     for old in list_checkpoints(folder)[:-keep]:
-        for stale in (old, _optim_path(old), old.with_suffix(".json")):
+        for stale in (old, _optim_path(old), _state_path(old), old.with_suffix(".json")):
             stale.unlink(missing_ok=True)
     return path
 
@@ -114,3 +128,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict
 def restore_optimizer(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> None:
     """Restore ``optimizer`` (built over the checkpoint's model) from the checkpoint ``path``."""
     load_optimizer(optimizer, _optim_path(Path(path)))
+
+
+def load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The extra tensors saved with the checkpoint ``path`` (empty if it has none)."""
+    state_file = _state_path(Path(path))
+    if not state_file.is_file():
+        return {}
+    try:
+        return load_file(str(state_file))
+    except Exception as error:  # safetensors raises several types on corrupt files
+        raise ValueError(
+            f"{state_file}: unreadable checkpoint state ({error}); delete this checkpoint to "
+            "resume from the one before"
+        ) from error

@@ -92,7 +92,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from softloc.demo import run_demo
 
-    table = run_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    table = run_demo(
+        args.out, seed=args.seed, quick=args.quick, progress=not args.quiet, losses=args.loss
+    )
     print(table)
     return 0
 
@@ -249,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML config (defaults when omitted)")
     train.add_argument("--out", required=True, type=Path, help="run folder")
     train.add_argument("--data", help="dataset folder (overrides data.root)")
-    train.add_argument("--loss", help="loss name (overrides loss.name)")
+    train.add_argument(
+        "--loss",
+        help="loss name (overrides loss.name), e.g. soft_contrastive, triplet, quadruplet, "
+        "contrastive, multi_similarity, off_the_shelf (all: README, 'Losses')",
+    )
     train.add_argument("--steps", type=int, help="overrides train.steps")
     train.add_argument("--seed", type=int, help="overrides train.seed")
     train.add_argument(
@@ -364,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
+    demo.add_argument(
+        "--loss",
+        action="append",
+        help="train this loss (repeat for several; default: soft_contrastive and triplet)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     explain = sub.add_parser("explain", help="pictures: t-SNE, Grad-CAM, movie, failures")

@@ -69,6 +69,22 @@ class DemoConfig:
     report_tsne_points: int = 600
 
 
+def losses_by_name(names: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Demo ``losses`` entries for registered loss names (each with the preset's settings).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    from softloc.losses import available_losses
+
+    unknown = [name for name in names if name not in available_losses()]
+    if unknown:
+        raise ValueError(
+            f"unknown loss {unknown[0]!r}; known losses: {', '.join(available_losses())}"
+        )
+    return {name: (f"loss.name={name}",) for name in names}
+
+
 def quick_config(seed: int = 0) -> DemoConfig:
     """A tiny demo (short town, a few steps) that exercises every step in well under a minute."""
     return DemoConfig(
@@ -114,6 +130,7 @@ def run_demo(
     quick: bool = False,
     progress: bool = True,
     config: DemoConfig | None = None,
+    losses: list[str] | None = None,
 ) -> str:
     """Run the demo into ``out``; return the Markdown results table.
 
@@ -122,10 +139,14 @@ def run_demo(
         seed: seeds the town and the training runs.
         quick: a tiny configuration for smoke tests.
         config: full control over what runs (``seed`` and ``quick`` are then ignored).
+        losses: registered loss names to train instead of the configured ones (any of
+            ``softloc.losses.available_losses()``).
     """
     out = Path(out)
     if config is None:
         config = quick_config(seed) if quick else DemoConfig(seed=seed)
+    if losses:
+        config = replace(config, losses=losses_by_name(losses))
     config = replace(config, town=replace(config.town, seed=config.seed))
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "demo.yaml", yaml.safe_dump(_plain(asdict(config)), sort_keys=False))

@@ -31,19 +31,21 @@ def extract_descriptors(
 ) -> np.ndarray:
     """Descriptors of the store's images (all, or the rows in ``indices``).
 
-    The model is put in eval mode for the extraction and returned to its previous mode.
+    The model is put in eval mode for the extraction and returned to its previous mode; images
+    go to the device of the model's parameters (CPU for a model without any).
 
     Returns:
         (N, D) float32 array, one row per requested image.
     """
     rows = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     was_training = model.training
+    device = next(model.parameters(), torch.empty(0)).device
     model.eval()
     try:
         outputs = []
         starts = range(0, len(rows), batch_size)
         for start in tqdm(starts, desc=desc, disable=not progress, unit="batch", leave=False):
-            batch = store.batch(rows[start : start + batch_size])
+            batch = store.batch(rows[start : start + batch_size]).to(device)
             outputs.append(model(batch).float().cpu().numpy())
     finally:
         model.train(was_training)

@@ -24,17 +24,18 @@ from tqdm.auto import tqdm
 from softloc.checkpoints import (
     list_checkpoints,
     load_checkpoint,
+    load_state,
     restore_optimizer,
     save_checkpoint,
 )
 from softloc.config import RunConfig, config_to_dict, save_config
 from softloc.data.images import ImageStore
 from softloc.data.places import PlaceTable, read_places
-from softloc.data.tuples import TupleSampler
+from softloc.data.tuples import MiningCache, TupleSampler
 from softloc.evaluation.metrics import topn_accuracy
 from softloc.extract import extract_descriptors, image_store
 from softloc.index import DescriptorIndex
-from softloc.losses import create_influence, create_loss
+from softloc.losses import create_loss, loss_options_from_config, loss_trains
 from softloc.models import DescriptorModel, create_model, fit_pca_whitening, save_model
 
 logger = logging.getLogger(__name__)
@@ -60,17 +61,30 @@ def seed_everything(seed: int) -> None:
 
 
 def build_loss(config: RunConfig) -> torch.nn.Module:
-    """The configured loss module (the soft loss gets its influence function injected)."""
-    options = dict(config.loss.options)
-    if config.loss.name == "soft_contrastive":
-        options.setdefault(
-            "influence",
-            create_influence(config.loss.influence, **config.loss.influence_options),
-        )
-    elif config.loss.name == "triplet":
-        options.setdefault("near_radius", config.tuples.near_radius)
-        options.setdefault("far_radius", config.tuples.far_radius)
+    """The configured loss module.
+
+    A loss declares the configuration values it needs in its ``from_config`` class attribute
+    (e.g. the triplet loss takes ``tuples.near_radius`` and ``tuples.far_radius``, the soft
+    loss ``loss.influence`` and ``loss.influence_options``); ``loss.options`` override them.
+    """
+    options = loss_options_from_config(config.loss.name, config)
+    options.update(config.loss.options)
     return create_loss(config.loss.name, **options)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device: ``"auto"`` picks the GPU when one is visible.
+
+    Raises:
+        TrainingError: ``"cuda"`` asked for but no GPU is visible.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            "train.device is 'cuda' but torch sees no GPU; set train.device=cpu or auto"
+        )
+    return torch.device(name)
 
 
 def learning_rate(config: RunConfig, step: int) -> float:
@@ -112,7 +126,10 @@ class Trainer:
             self.train_places, config.tuples, config.data.reference_traversal
         )
         self.loss_fn = build_loss(config)
+        self.device = resolve_device(config.train.device)
         self.validation = self._validation_set()
+        self._epoch_anchors: tuple[int, np.ndarray] | None = None
+        self._mining: tuple[int, MiningCache] | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -196,22 +213,27 @@ class Trainer:
         if checkpoints:
             model, sidecar = load_checkpoint(checkpoints[-1])
             self._attach_store(model)
+            model.to(self.device)
             optimizer = self._optimizer(model)
             restore_optimizer(checkpoints[-1], optimizer)
             start = int(sidecar["extra"]["step"])
+            self._restore_mining(load_state(checkpoints[-1]), model)
             logger.info("resuming %s from step %d", self.out, start)
         else:
             if resume:
                 logger.info("no checkpoint in %s: starting from scratch", self.checkpoint_dir)
-            model = self.initial_model()
+            model = self.initial_model().to(self.device)
             optimizer = self._optimizer(model)
+        if not loss_trains(cfg.loss.name):
+            logger.info("loss %r trains nothing: keeping the initial weights", cfg.loss.name)
         train_log = _CsvLog(self.out / "train_log.csv", ["step", "loss", "lr", "seconds"], start)
         val_log = _CsvLog(self.out / "val_log.csv", ["step", "top1"], start)
         if start == 0 and self.validation is not None:
             val_log.write([0, self.validate(model)])
         model.train()
+        last = cfg.train.steps if loss_trains(cfg.loss.name) else start
         bar = tqdm(
-            range(start, cfg.train.steps),
+            range(start, last),
             initial=start,
             total=cfg.train.steps,
             desc=f"train {cfg.loss.name}",
@@ -244,6 +266,7 @@ class Trainer:
                     optimizer,
                     extra={"config": config_to_dict(cfg)},
                     keep=cfg.train.keep_checkpoints,
+                    state=self._mining_state(),
                 )
         bar.close()
         return self.finish(model)
@@ -258,8 +281,10 @@ class Trainer:
     ) -> float:
         """One optimisation step on the tuple of ``step``; returns the loss value."""
         rng = np.random.default_rng([self.config.train.seed, 2, step])
-        tup = self.sampler.sample(rng)
-        images = self.store.batch(self.train_rows[tup.indices])
+        tup = self.sampler.sample(
+            rng, anchors=self.anchors_for(step), mining=self.mining_cache(model, step)
+        )
+        images = self.store.batch(self.train_rows[tup.indices]).to(self.device)
         distances = torch.from_numpy(tup.distances).float()
         optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(model(images), distances)
@@ -271,6 +296,71 @@ class Trainer:
         loss.backward()
         optimizer.step()
         return float(loss.detach())
+
+    def anchors_for(self, step: int) -> np.ndarray:
+        """The anchors of the epoch of ``step`` (positions in ``sampler.anchors``), drawn from
+        the seed and the epoch alone, so a resumed run draws the same ones."""
+        epoch = step // self.config.train.steps_per_epoch
+        if self._epoch_anchors is None or self._epoch_anchors[0] != epoch:
+            rng = np.random.default_rng([self.config.train.seed, 4, epoch])
+            self._epoch_anchors = (epoch, self.sampler.epoch_anchors(rng))
+        return self._epoch_anchors[1]
+
+    def mining_cache(self, model: torch.nn.Module, step: int) -> MiningCache | None:
+        """The hard-mining cache valid at ``step`` (None when mining is off).
+
+        Refreshed at every multiple of ``mining.refresh_every``: the descriptors, by the
+        current model, of ``mining.cache_size`` training images drawn from (seed, step).
+        """
+        cfg = self.config.mining
+        if not cfg.enabled:
+            return None
+        refreshed = step - step % cfg.refresh_every
+        if self._mining is None or self._mining[0] != refreshed:
+            rng = np.random.default_rng([self.config.train.seed, 5, refreshed])
+            size = min(cfg.cache_size, len(self.train_rows))
+            rows = np.sort(rng.choice(len(self.train_rows), size, replace=False))
+            descriptors = extract_descriptors(model, self.store, self.train_rows[rows])
+            self._set_mining(refreshed, rows, descriptors, model)
+        assert self._mining is not None
+        return self._mining[1]
+
+    def _set_mining(
+        self, refreshed: int, rows: np.ndarray, descriptors: np.ndarray, model: torch.nn.Module
+    ) -> None:
+        def describe(row: int) -> np.ndarray:
+            return extract_descriptors(model, self.store, self.train_rows[[row]])[0]
+
+        cache = MiningCache(rows, descriptors, describe, self.config.mining.hard_fraction)
+        self._mining = (refreshed, cache)
+
+    def _mining_state(self) -> dict[str, torch.Tensor] | None:
+        """The mining cache as tensors for the checkpoint (None when there is none)."""
+        if self._mining is None:
+            return None
+        refreshed, cache = self._mining
+        return {
+            "mining.step": torch.tensor([refreshed], dtype=torch.int64),
+            "mining.rows": torch.from_numpy(cache.rows.astype(np.int64)),
+            "mining.descriptors": torch.from_numpy(cache.descriptors),
+        }
+
+    def _restore_mining(self, state: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+        """Take back the mining cache saved with a checkpoint (if mining is on and it has one;
+        otherwise the cache is recomputed at the next step, and the run is no longer
+        bit-identical to an uninterrupted one)."""
+        self._mining = None
+        if not self.config.mining.enabled:
+            return
+        if "mining.step" not in state:
+            logger.warning("the checkpoint has no mining cache: recomputing it on resume")
+            return
+        self._set_mining(
+            int(state["mining.step"][0]),
+            state["mining.rows"].numpy(),
+            state["mining.descriptors"].numpy(),
+            model,
+        )
 
     def finish(self, model: DescriptorModel, path: str | os.PathLike[str] | None = None) -> Path:
         """Fit the PCA-whitening if configured and write the model (default: the run's final

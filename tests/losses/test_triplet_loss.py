@@ -26,24 +26,36 @@ DISTANCES = (ANCHOR_METRES[:, None] - ANCHOR_METRES[None, :]).abs()
 
 
 def test_hand_value_hardest_positive():
-    loss = TripletLoss(margin=0.1, near_radius=12.0, far_radius=25.0)
+    loss = TripletLoss(margin=0.1, near_radius=12.0, far_radius=25.0, positive="hardest")
     # hardest near = p2 (0.8): hinges [0.1 + 0.8 - 2.0]+ = 0, [0.1 + 0.8 - 0.8]+ = 0.1,
     # [0.1 + 0.8 - 0.4]+ = 0.5 -> sum 0.6, mean 0.2, max 0.5.
     assert loss(DESCRIPTORS, DISTANCES).item() == pytest.approx(0.6, rel=1e-12)
-    hinges = TripletLoss(0.1, 12.0, 25.0, reduction="none")(DESCRIPTORS, DISTANCES)
+    hinges = TripletLoss(0.1, 12.0, 25.0, "hardest", reduction="none")(DESCRIPTORS, DISTANCES)
     assert hinges.tolist() == pytest.approx([0.0, 0.1, 0.5], abs=1e-12)
-    assert TripletLoss(0.1, 12.0, 25.0, reduction="mean")(
+    assert TripletLoss(0.1, 12.0, 25.0, "hardest", reduction="mean")(
         DESCRIPTORS, DISTANCES
     ).item() == pytest.approx(0.2, rel=1e-12)
-    assert TripletLoss(0.1, 12.0, 25.0, reduction="max")(
+    assert TripletLoss(0.1, 12.0, 25.0, "hardest", reduction="max")(
         DESCRIPTORS, DISTANCES
     ).item() == pytest.approx(0.5, rel=1e-12)
 
 
-def test_hand_value_closest_positive():
+def test_hand_value_closest_positive_is_the_default():
     # closest near = p1 (0.4): hinges 0, [0.1 + 0.4 - 0.8]+ = 0, [0.1 + 0.4 - 0.4]+ = 0.1.
-    loss = TripletLoss(margin=0.1, near_radius=12.0, far_radius=25.0, positive="closest")
+    loss = TripletLoss(margin=0.1, near_radius=12.0, far_radius=25.0)
+    assert loss.positive == "closest"
     assert loss(DESCRIPTORS, DISTANCES).item() == pytest.approx(0.1, rel=1e-12)
+
+
+def test_lazy_triplet_takes_the_largest_hinge():
+    from softloc.losses import LazyTripletLoss, create_loss
+
+    # closest near (0.4): hinges 0, 0, 0.1 -> max 0.1; hardest (0.8): 0, 0.1, 0.5 -> 0.5.
+    lazy = create_loss("lazy_triplet", near_radius=12.0, far_radius=25.0)
+    assert isinstance(lazy, LazyTripletLoss) and lazy.reduction == "max"
+    assert lazy(DESCRIPTORS, DISTANCES).item() == pytest.approx(0.1, rel=1e-12)
+    hardest = LazyTripletLoss(0.1, 12.0, 25.0, positive="hardest")
+    assert hardest(DESCRIPTORS, DISTANCES).item() == pytest.approx(0.5, rel=1e-12)
 
 
 def random_tuple(seed: int, n_near: int = 4, n_far: int = 6):
@@ -71,7 +83,9 @@ def test_equals_pml_triplet_margin_loss_on_hardest_positive_triplets(seed, reduc
 
     ours_input = descriptors.clone().requires_grad_(True)
     pml_input = descriptors.clone().requires_grad_(True)
-    ours = TripletLoss(margin=0.3, reduction=reduction)(ours_input, distances)
+    ours = TripletLoss(margin=0.3, positive="hardest", reduction=reduction)(
+        ours_input, distances
+    )
     pml = TripletMarginLoss(margin=0.3, distance=LpDistance(power=2), reducer=reducer)(
         pml_input, indices_tuple=triplets
     )
@@ -86,7 +100,10 @@ def test_gradcheck_float64():
     descriptors, distances, _ = random_tuple(3, n_near=3, n_far=3)
     descriptors.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda d: triplet_loss(d, distances, margin=1.0), (descriptors,), eps=1e-6, atol=1e-7
+        lambda d: triplet_loss(d, distances, margin=1.0, positive="hardest"),
+        (descriptors,),
+        eps=1e-6,
+        atol=1e-7,
     )
 
 

@@ -7,6 +7,7 @@ the tuple's camera positions travels with it, so soft losses can weight every pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,14 +56,33 @@ def subsample_by_spacing(xy: np.ndarray, spacing: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class MiningCache:
+    """Descriptors of a random sample of the sampler's places, for hard-example mining.
+
+    Attributes:
+        rows: (N,) rows of the sampler's place table, sorted.
+        descriptors: (N, D) float32 descriptors of those rows (memory: N * D * 4 bytes).
+        describe: the descriptor (D,) of any row (used for the tuple's anchor).
+        hard_fraction: share of the near and of the far images that are mined.
+    """
+
+    rows: np.ndarray
+    descriptors: np.ndarray
+    describe: Callable[[int], np.ndarray]
+    hard_fraction: float = 0.5
+
+
 class TupleSampler:
     """Draws training tuples from a table of places (usually the train split).
 
-    Anchors are frames of ``reference_traversal`` spaced ``anchor_spacing`` metres apart that
-    have enough near images; near images come from every traversal (so a tuple mixes
+    Anchors are frames of ``reference_traversal`` that have enough near images, taken every
+    ``anchor_spacing`` metres along the drive from an offset drawn per epoch
+    (:meth:`epoch_anchors`); near images come from every traversal (so a tuple mixes
     conditions) within ``near_radius`` and ``max_heading_deg``; far images lie beyond
     ``far_radius``, a share of them in the band up to ``band_radius``, and are mutually at
-    least ``far_spacing`` apart.
+    least ``far_spacing`` apart. With a :class:`MiningCache`, a share of the near and far
+    images are the hardest cached ones instead.
 
     Args:
         places: the places to draw from.
@@ -83,8 +103,9 @@ class TupleSampler:
         if not is_reference.any():
             is_reference = np.ones(len(places), dtype=bool)
         candidates = np.flatnonzero(is_reference)
-        order = candidates[np.argsort(places.timestamp[candidates], kind="stable")]
-        candidates = order[subsample_by_spacing(self.xy[order], config.anchor_spacing)]
+        candidates = candidates[np.argsort(places.timestamp[candidates], kind="stable")]
+        steps = np.linalg.norm(np.diff(self.xy[candidates], axis=0), axis=1)
+        arc = np.concatenate([[0.0], np.cumsum(steps)])
         distances, neighbours = self._tree.radius_neighbors(
             self.xy[candidates], radius=config.band_radius
         )
@@ -92,12 +113,16 @@ class TupleSampler:
         self._anchors: list[int] = []
         self._near: list[np.ndarray] = []
         self._band: list[np.ndarray] = []
-        for anchor, dist, neigh in zip(candidates, distances, neighbours, strict=True):
+        arcs: list[float] = []
+        for anchor, dist, neigh, position in zip(
+            candidates, distances, neighbours, arc, strict=True
+        ):
             heading_ok = heading_difference(places.yaw[neigh], places.yaw[anchor]) <= max_heading
             near = neigh[(dist < config.near_radius) & heading_ok & (neigh != anchor)]
             if len(near) < config.n_near:
                 continue
             self._anchors.append(int(anchor))
+            arcs.append(float(position))
             self._near.append(np.sort(near))
             self._band.append(np.sort(neigh[dist >= config.far_radius]))
         if not self._anchors:
@@ -106,6 +131,7 @@ class TupleSampler:
                 f"{config.max_heading_deg} deg among {len(places)} places; lower tuples.n_near "
                 "or raise tuples.near_radius"
             )
+        self._arc = np.asarray(arcs)
         far_possible = np.linalg.norm(self.xy - self.xy.mean(axis=0), axis=1).max() * 2
         if far_possible < config.far_radius:
             raise TupleError(
@@ -118,21 +144,98 @@ class TupleSampler:
         """Rows usable as anchors."""
         return np.asarray(self._anchors, dtype=np.int64)
 
-    def sample(self, rng: np.random.Generator) -> TrainingTuple:
-        """Draw one tuple using ``rng`` (the only source of randomness)."""
+    def epoch_anchors(self, rng: np.random.Generator) -> np.ndarray:
+        """Anchors of one epoch, as positions in :attr:`anchors`.
+
+        One anchor every ``anchor_spacing`` metres of the reference drive, starting at an
+        offset drawn uniformly from ``[0, anchor_spacing)`` with ``rng`` (so each epoch sees
+        other frames); each target distance takes the usable frame nearest along the drive.
+        """
+        spacing = self.config.anchor_spacing
+        if spacing <= 0:
+            return np.arange(len(self._anchors))
+        offset = rng.uniform(0.0, spacing)
+        if len(self._arc) == 1:
+            return np.zeros(1, dtype=np.int64)
+        targets = np.arange(offset, self._arc[-1] + 1e-9, spacing)
+        if len(targets) == 0:  # a drive shorter than the offset: one anchor
+            targets = np.array([min(offset, self._arc[-1])])
+        right = np.clip(np.searchsorted(self._arc, targets), 1, len(self._arc) - 1)
+        left = right - 1
+        nearer_left = (targets - self._arc[left]) <= (self._arc[right] - targets)
+        chosen = np.unique(np.where(nearer_left, left, right))
+        return chosen.astype(np.int64)
+
+    def sample(
+        self,
+        rng: np.random.Generator,
+        anchors: np.ndarray | None = None,
+        mining: MiningCache | None = None,
+    ) -> TrainingTuple:
+        """Draw one tuple using ``rng`` (the only source of randomness).
+
+        Args:
+            rng: the generator.
+            anchors: positions in :attr:`anchors` to draw the anchor from (e.g.
+                :meth:`epoch_anchors`); all usable anchors when omitted.
+            mining: a descriptor cache: ``round(n * hard_fraction)`` of the near images are
+                the cached near images farthest from the anchor in descriptor space, and as
+                many far images the cached far ones closest to it; the rest are random.
+        """
         cfg = self.config
-        k = int(rng.integers(len(self._anchors)))
+        if anchors is None:
+            k = int(rng.integers(len(self._anchors)))
+        else:
+            k = int(anchors[rng.integers(len(anchors))])
         anchor = self._anchors[k]
-        near = rng.choice(self._near[k], size=cfg.n_near, replace=False)
-        far = self._draw_far(anchor, self._band[k], rng)
-        indices = np.concatenate([[anchor], near, far]).astype(np.int64)
+        hard_near: list[int] = []
+        hard_far: list[int] = []
+        if mining is not None:
+            hard_near, hard_far = self._mine(anchor, self._near[k], mining)
+        pool = np.setdiff1d(self._near[k], hard_near)
+        near = rng.choice(pool, size=cfg.n_near - len(hard_near), replace=False)
+        far = self._draw_far(anchor, self._band[k], rng, hard_far)
+        indices = np.concatenate([[anchor], near, hard_near, far]).astype(np.int64)
         return TrainingTuple(
             indices=indices, distances=pairwise_distances(self.xy[indices]), n_near=cfg.n_near
         )
 
-    def _draw_far(self, anchor: int, band: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _mine(
+        self, anchor: int, near: np.ndarray, mining: MiningCache
+    ) -> tuple[list[int], list[int]]:
+        """Hard near and far rows of ``anchor`` among the cached ones."""
         cfg = self.config
-        chosen: list[int] = []
+        n_near = int(round(cfg.n_near * mining.hard_fraction))
+        n_far = int(round(cfg.n_far * mining.hard_fraction))
+        if n_near == 0 and n_far == 0:
+            return [], []
+        query = np.asarray(mining.describe(anchor), dtype=np.float32)
+        gaps = ((mining.descriptors - query[None, :]) ** 2).sum(axis=1)
+        is_near = np.isin(mining.rows, near)
+        near_order = np.flatnonzero(is_near)[np.argsort(-gaps[is_near], kind="stable")]
+        hard_near = [int(mining.rows[i]) for i in near_order[:n_near]]
+        metres = np.linalg.norm(self.xy[mining.rows] - self.xy[anchor], axis=1)
+        is_far = metres >= cfg.far_radius
+        far_order = np.flatnonzero(is_far)[np.argsort(gaps[is_far], kind="stable")]
+        hard_far: list[int] = []
+        for i in far_order:
+            if len(hard_far) >= n_far:
+                break
+            candidate = int(mining.rows[i])
+            if hard_far and np.linalg.norm(
+                self.xy[hard_far] - self.xy[candidate], axis=1
+            ).min() < cfg.far_spacing:
+                continue
+            hard_far.append(candidate)
+        return hard_near, hard_far
+
+    def _draw_far(
+        self, anchor: int, band: np.ndarray, rng: np.random.Generator, hard: list[int]
+    ) -> np.ndarray:
+        """Far rows: ``hard`` first, then band and random ones (so the last row, the quadruplet
+        losses' extra far image, is a random one unless every far image is hard)."""
+        cfg = self.config
+        chosen: list[int] = list(hard)
 
         def acceptable(candidate: int) -> bool:
             if np.hypot(*(self.xy[candidate] - self.xy[anchor])) < cfg.far_radius:
@@ -142,7 +245,7 @@ class TupleSampler:
             gaps = np.linalg.norm(self.xy[chosen] - self.xy[candidate], axis=1)
             return bool(gaps.min() >= cfg.far_spacing)
 
-        n_band = int(round(cfg.n_far * cfg.band_fraction))
+        n_band = len(hard) + int(round((cfg.n_far - len(hard)) * cfg.band_fraction))
         for candidate in rng.permutation(band):
             if len(chosen) >= n_band:
                 break

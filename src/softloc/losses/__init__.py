@@ -16,19 +16,38 @@ from .influence import (
     StepInfluence,
     TanhInfluence,
 )
+from .pairwise import (
+    ContrastiveLoss,
+    GeneralizedContrastiveLoss,
+    LogRatioLoss,
+    MultiSimilarityLoss,
+    OffTheShelf,
+)
+from .pointnetvlad import HuberDistanceTripletLoss, LazyQuadrupletLoss, QuadrupletLoss
 from .registry import (
     available_influences,
     available_losses,
     create_influence,
     create_loss,
+    loss_options_from_config,
+    loss_trains,
     register_influence,
     register_loss,
 )
 from .soft_contrastive import SoftContrastiveLoss
-from .triplet import TripletLoss
+from .triplet import LazyTripletLoss, TripletLoss
 
 __all__ = [
+    "ContrastiveLoss",
+    "GeneralizedContrastiveLoss",
+    "HuberDistanceTripletLoss",
     "InfluenceFunction",
+    "LazyQuadrupletLoss",
+    "LazyTripletLoss",
+    "LogRatioLoss",
+    "MultiSimilarityLoss",
+    "OffTheShelf",
+    "QuadrupletLoss",
     "LinearInfluence",
     "SigmoidInfluence",
     "SoftContrastiveLoss",
@@ -39,6 +58,8 @@ __all__ = [
     "available_losses",
     "create_influence",
     "create_loss",
+    "loss_options_from_config",
+    "loss_trains",
     "register_influence",
     "register_loss",
     "soft_contrastive_loss",

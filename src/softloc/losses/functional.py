@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_contrastive_loss", "triplet_loss"]
+__all__ = ["soft_contrastive_loss", "split_by_anchor", "triplet_loss"]
 
 Influence = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -302,13 +302,42 @@ def _influence_weights(
 # ----------------------------------------------------------------------------- triplet
 
 
+def split_by_anchor(
+    distances: torch.Tensor, near_radius: float, far_radius: float, who: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Near and far masks over rows ``1 .. B-1`` by their distance to the anchor (row 0).
+
+    Near: ``d_0j < near_radius``; far: ``d_0j >= far_radius``; rows in between are in neither.
+
+    Raises:
+        ValueError: no near or no far row (such a tuple carries no signal for ``who``; returning
+            0 silently would hide a sampler bug).
+    """
+    anchor_distances = distances[0, 1:]
+    is_near = anchor_distances < near_radius
+    is_far = anchor_distances >= far_radius
+    n_near, n_far = torch.stack([is_near.sum(), is_far.sum()]).tolist()
+    if n_near == 0 or n_far == 0:
+        raise ValueError(
+            f"{who} needs at least one near image (< {near_radius} m from the "
+            f"anchor in row 0) and one far image (>= {far_radius} m); this tuple has "
+            f"{n_near} near and {n_far} far"
+        )
+    return is_near, is_far
+
+
+def pick_positive(near_squared: torch.Tensor, positive: str) -> torch.Tensor:
+    """The squared descriptor distance of the chosen near image: largest or smallest."""
+    return near_squared.max() if positive == "hardest" else near_squared.min()
+
+
 def triplet_loss(
     descriptors: torch.Tensor,
     distances: torch.Tensor,
     margin: float = 0.1,
     near_radius: float = 15.0,
     far_radius: float = 15.0,
-    positive: str = "hardest",
+    positive: str = "closest",
     reduction: str = "sum",
 ) -> torch.Tensor:
     """PointNetVLAD-style triplet loss on one tuple whose anchor is row 0.
@@ -316,9 +345,10 @@ def triplet_loss(
     With ``a`` the anchor, ``e(x, y) = ||x - y||^2`` on L2-normalised descriptors, near images
     ``N = {j >= 1 : d_0j < near_radius}`` and far images ``F = {k >= 1 : d_0k >= far_radius}``
     (images in between are ignored), the loss is the reduction over k in F of
-    ``max(0, margin + e(a, p) - e(a, f_k))`` where ``p`` is the near image farthest from the
-    anchor in descriptor space (``positive="hardest"``, as the authors' ``evil_triplet_loss``)
-    or the closest one (``positive="closest"``, PointNetVLAD's ``best_pos_distance``).
+    ``max(0, margin + e(a, p) - e(a, f_k))`` where ``p`` is the near image closest to the
+    anchor in descriptor space (``positive="closest"``, the default: PointNetVLAD's
+    ``best_pos_distance``, which the authors' ``triplet`` baseline calls) or the farthest one
+    (``positive="hardest"``, the authors' ``evil_triplet_loss``).
 
     Args:
         descriptors: (B, D); row 0 is the anchor (the tuple sampler puts the anchor first, then
@@ -340,19 +370,9 @@ def triplet_loss(
     """
     check_triplet_args(margin, near_radius, far_radius, positive, reduction)
     descriptors, distances = prepare_tuple(descriptors, distances)
-    anchor_distances = distances[0, 1:]
-    is_near = anchor_distances < near_radius
-    is_far = anchor_distances >= far_radius
-    n_near, n_far = torch.stack([is_near.sum(), is_far.sum()]).tolist()
-    if n_near == 0 or n_far == 0:
-        raise ValueError(
-            f"the triplet loss needs at least one near image (< {near_radius} m from the "
-            f"anchor in row 0) and one far image (>= {far_radius} m); this tuple has "
-            f"{n_near} near and {n_far} far"
-        )
+    is_near, is_far = split_by_anchor(distances, near_radius, far_radius, "the triplet loss")
     squared = (descriptors[1:] - descriptors[:1]).pow(2).sum(dim=1)
-    near_squared = squared[is_near]
-    positive_squared = near_squared.max() if positive == "hardest" else near_squared.min()
+    positive_squared = pick_positive(squared[is_near], positive)
     hinges = F.relu(margin + positive_squared - squared[is_far])
     if reduction == "sum":
         return hinges.sum()

@@ -28,6 +28,12 @@ _ClassT = TypeVar("_ClassT", bound=type)
 LOSSES: Registry[type] = Registry("loss")
 INFLUENCES: Registry[type] = Registry("influence function")
 
+#: ``from_config`` of the losses that split a tuple into near and far images by the radii.
+TUPLE_RADII: dict[str, str] = {
+    "near_radius": "tuples.near_radius",
+    "far_radius": "tuples.far_radius",
+}
+
 
 def register_loss(name: str) -> Callable[[_ClassT], _ClassT]:
     """Class decorator registering a loss module under ``name``.
@@ -93,3 +99,30 @@ def available_losses() -> list[str]:
 def available_influences() -> list[str]:
     """Names accepted by :func:`create_influence`, sorted."""
     return INFLUENCES.names()
+
+
+def loss_options_from_config(name: str, config: Any) -> dict[str, Any]:
+    """Constructor arguments of loss ``name`` that come from the run configuration.
+
+    A loss declares what it needs in a class attribute ``from_config``: a mapping of its
+    constructor arguments to dotted paths in the configuration (e.g. ``{"near_radius":
+    "tuples.near_radius"}``). The loss's own ``loss.options`` override these.
+
+    Raises:
+        ValueError: unknown loss name, or a path the configuration does not have.
+    """
+    factory = LOSSES.get(name)
+    options: dict[str, Any] = {}
+    for argument, path in getattr(factory, "from_config", {}).items():
+        node = config
+        for part in path.split("."):
+            if not hasattr(node, part):
+                raise ValueError(f"loss {name!r} needs config value {path!r}, which is missing")
+            node = getattr(node, part)
+        options[argument] = node
+    return options
+
+
+def loss_trains(name: str) -> bool:
+    """Whether loss ``name`` trains the network (``off_the_shelf`` does not)."""
+    return bool(getattr(LOSSES.get(name), "trains", True))

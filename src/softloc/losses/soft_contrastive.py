@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -25,6 +27,8 @@ class SoftContrastiveLoss(nn.Module):
             registered name of one built with its defaults (``"sigmoid"``, ``"linear"``,
             ``"tanh"``, ``"step"``). Default: ``SigmoidInfluence(steepness=0.8,
             midpoint=15.0)``.
+        influence_options: keyword arguments for an influence given by name
+            (``softloc train`` passes ``loss.influence`` and ``loss.influence_options``).
         alpha: positive-side scale (> 0), default 2.
         beta: negative-side scale (> 0), default 50.
         lamb: similarity offset ``lambda``, default 1.
@@ -37,9 +41,15 @@ class SoftContrastiveLoss(nn.Module):
         ValueError: on bad hyper-parameters (at construction) or bad input (at call).
     """
 
+    from_config: ClassVar[dict[str, str]] = {
+        "influence": "loss.influence",
+        "influence_options": "loss.influence_options",
+    }
+
     def __init__(
         self,
         influence: nn.Module | functional.Influence | str | None = None,
+        influence_options: dict[str, Any] | None = None,
         alpha: float = 2.0,
         beta: float = 50.0,
         lamb: float = 1.0,
@@ -50,10 +60,12 @@ class SoftContrastiveLoss(nn.Module):
     ) -> None:
         super().__init__()
         functional.check_soft_contrastive_args(alpha, beta, lamb, eps, mining, form, reduction)
+        if influence_options and not isinstance(influence, str):
+            raise ValueError("influence_options apply only to an influence given by name")
         if influence is None:
             influence = SigmoidInfluence()
         elif isinstance(influence, str):
-            influence = create_influence(influence)
+            influence = create_influence(influence, **(influence_options or {}))
         elif not callable(influence):
             raise ValueError(
                 "influence must be an influence function, a registered name, or None; "
