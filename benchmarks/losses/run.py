@@ -281,6 +281,7 @@ def write_report(
     protocol: Protocol,
     seeds: list[int],
     workers: int,
+    threads: int,
     wall_seconds: float,
     quick: bool,
 ) -> None:
@@ -297,13 +298,16 @@ def write_report(
         f"# Loss benchmark on the procedural town ({mode})",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {machine()}; {workers} worker process(es). The machine was shared with "
-        "other jobs while this ran, so times are upper bounds.  ",
+        f"Machine: {machine()}; {workers} worker process(es) of {threads} torch thread(s) "
+        "each. On a machine shared with other jobs the times are upper bounds.  ",
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Wall time of this invocation: {wall_seconds / 60:.1f} min (runs already cached in "
         "the output folder are not retrained); per trained run: "
         f"{statistics.mean(trained):.0f} s training, {statistics.mean(per_run):.0f} s with map "
-        "and evaluation (mean).",
+        "and evaluation (mean). All runs together cost "
+        f"{sum(r['total_seconds'] for r in ok) * threads / 60:.0f} core-minutes, i.e. about "
+        f"{sum(r['total_seconds'] for r in ok) * threads / 120:.0f} min of wall time on 2 "
+        "cores.",
         "",
         "Protocol: town "
         + ", ".join(f"{k}={v}" for k, v in protocol.town.items())
@@ -386,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{i + 1}/{len(jobs)}] {condition} seed {seed}", flush=True)
     wall = time.perf_counter() - began
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    write_report(results_path, results, conditions, protocol, seeds, workers, wall, quick)
+    write_report(
+        results_path, results, conditions, protocol, seeds, workers, threads, wall, quick
+    )
     print(markdown_table(results, conditions))
     print(f"wrote {results_path}")
     return 0
