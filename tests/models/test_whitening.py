@@ -84,3 +84,18 @@ def test_bad_inputs() -> None:
         PCAWhitening(4, 5)
     with pytest.raises(ValueError, match=r"expects \(\.\.\., 4\)"):
         PCAWhitening(4, 2)(torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("n", [40, 9])  # covariance branch (N >= D) and Gram branch (N < D)
+def test_truncating_a_fit_equals_fitting_the_smaller_size(n: int) -> None:
+    rng = np.random.default_rng(7)
+    data = rng.normal(size=(n, 12)) * np.linspace(3.0, 0.5, 12)
+    large = fit_pca_whitening(data, dim=8)
+    for dim in (1, 3, 8):
+        fresh = fit_pca_whitening(data, dim=dim)
+        cut = large.truncated(dim)
+        assert cut.out_dim == dim
+        torch.testing.assert_close(cut.mean, fresh.mean)
+        torch.testing.assert_close(cut.projection, fresh.projection, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="1..8"):
+        large.truncated(9)

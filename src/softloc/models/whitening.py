@@ -61,6 +61,21 @@ class PCAWhitening(nn.Module):
         """Descriptors ``(N, D)`` -> whitened, L2-normalised descriptors ``(N, d)``."""
         return F.normalize(self.project(x), dim=-1)
 
+    def truncated(self, dim: int) -> PCAWhitening:
+        """The whitening onto the first ``dim`` axes only.
+
+        Axes are sorted by variance and each is scaled on its own, so this is exactly what
+        :func:`fit_pca_whitening` to ``dim`` gives on the same data: a sweep over sizes fits
+        once at the largest size and truncates (one eigen-decomposition instead of one per
+        size).
+        """
+        if not 1 <= dim <= self.out_dim:
+            raise ValueError(f"can truncate to 1..{self.out_dim} dimensions, got {dim}")
+        smaller = PCAWhitening(self.in_dim, dim)
+        smaller.mean.copy_(self.mean)
+        smaller.projection.copy_(self.projection[:, :dim])
+        return smaller.to(self.mean.device)
+
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}"
 

@@ -1,8 +1,9 @@
 """Feature-dimension sweep (the paper's supplementary Figure 1): top-1 accuracy at 10 m per
 condition against the size of the PCA-whitened descriptor.
 
-The raw pooled descriptors are computed once (:mod:`softloc.sweeps.descriptors`); each size
-refits the whitening on the held-out fit set (:mod:`softloc.evaluation.whitening`) and
+The raw pooled descriptors are computed once (:mod:`softloc.sweeps.descriptors`); the
+whitening is fitted once, at the largest size, on the held-out fit set
+(:mod:`softloc.evaluation.whitening`), each smaller size truncates it (exactly a refit) and
 searches exactly. Sizes above ``min(D, N_fit - 1)`` cannot be fitted and are skipped (listed
 in the JSON with the reason), as are sizes above the numerical rank of the fit descriptors
 (NetVLAD's intra-normalisation makes that rank lower than D).
@@ -30,6 +31,7 @@ from softloc.evaluation.whitening import (
     fit_whitening,
     whiten,
 )
+from softloc.models.whitening import PCAWhitening
 from softloc.sweeps.descriptors import RawDescriptors, sweep_descriptors
 from softloc.sweeps.outputs import format_sweep_table, write_sweep_files
 from softloc.sweeps.plots import plot_lines
@@ -60,10 +62,20 @@ def evaluate_at_dim(
     dim: int | None,
     reference_subset: np.ndarray | None = None,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    fitted: PCAWhitening | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics per condition with whitening of size ``dim`` (None: raw descriptors) fitted on
-    ``raw.fit`` only; references restricted to positions ``reference_subset`` if given."""
-    whitening = None if dim is None else fit_whitening(raw.fit, dim)
+    ``raw.fit`` only; references restricted to positions ``reference_subset`` if given.
+
+    ``fitted``: a whitening already fitted on ``raw.fit`` to at least ``dim`` (truncated to
+    ``dim``, which equals a fresh fit) so that a sweep decomposes the fit set only once.
+    """
+    if dim is None:
+        whitening = None
+    elif fitted is not None:
+        whitening = fitted.truncated(dim)
+    else:
+        whitening = fit_whitening(raw.fit, dim)
     refs = raw.sets.references
     ref_desc = raw.references
     if reference_subset is not None:
@@ -118,16 +130,22 @@ def run_dimension_sweep(
     for dim, reason in skipped.items():
         logger.warning("dimension %s skipped: %s", dim, reason)
     thresholds = thresholds_with(threshold)
-    results: dict[str, Any] = {}
-    rows = []
-    for dim in tqdm(list(kept), desc="dimension sweep", disable=not progress, unit="dim"):
+    # One fit at the largest size the fit descriptors' rank allows; smaller sizes truncate it.
+    fitted = None
+    for dim in sorted(kept, reverse=True):
         try:
-            results[str(dim)] = evaluate_at_dim(raw, places, dim, thresholds=thresholds)
+            fitted = fit_whitening(raw.fit, dim)
+            break
         except ValueError as error:  # above the numerical rank of the fit descriptors
             logger.warning("dimension %d skipped: %s", dim, error)
             skipped[str(dim)] = str(error)
-            kept.remove(dim)
-            continue
+    kept = [dim for dim in kept if str(dim) not in skipped]
+    results: dict[str, Any] = {}
+    rows = []
+    for dim in tqdm(list(kept), desc="dimension sweep", disable=not progress, unit="dim"):
+        results[str(dim)] = evaluate_at_dim(
+            raw, places, dim, thresholds=thresholds, fitted=fitted
+        )
         rows.append({"dim": dim, **top1_row(results[str(dim)], threshold)})
     if not rows:
         raise ValueError(f"no size in {list(dims)} could be fitted: {skipped}")
