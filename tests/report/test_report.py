@@ -35,13 +35,16 @@ def test_tables_show_whatever_scalar_keys_exist() -> None:
                                              "recall_at_25m": {"1": 0.6, "5": 0.7}})},
     }
     tables = {t.name: t for t in tables_from_results(results)}
-    assert list(tables) == ["recall_at_25m", "top1", "upper_bound", "per-condition numbers"]
-    numbers = tables["per-condition numbers"]
-    assert numbers.columns == [("night", "num_queries"), ("night", "auc"),
-                               ("night", "median_error_m")]
-    assert numbers.rows["soft"] == [10.0, 0.7, 3.25]
+    # one table per metric in reading order, the upper bound and the counts last
+    assert list(tables) == ["top1", "recall_at_25m", "auc", "median_error_m", "upper_bound",
+                            "counts"]
+    assert tables["auc"].columns == [("night", "auc")]
+    assert tables["auc"].rows["soft"] == [0.7]
+    assert tables["counts"].columns == [("night", "num_queries")]
     # best: the highest share, the lowest error; counts and the upper bound are not compared
-    assert numbers.best_rows() == [set(), {"soft"}, {"soft"}]
+    assert tables["auc"].best_rows() == [{"soft"}]
+    assert tables["median_error_m"].best_rows() == [{"soft"}]
+    assert tables["counts"].best_rows() == [set()]
     assert tables["recall_at_25m"].best_rows() == [{"soft", "triplet"}, {"soft"}]
     assert tables["upper_bound"].best_rows() == [set()]
     assert tables["top1"].csv_text().splitlines() == [

@@ -5,9 +5,12 @@ later (AUC, recall at 25 m, median error, ...) show up without touching this mod
 
 - a dict of numbers (``top1: {"5": .., "10": ..}``) becomes one table: a row per model, a
   column per condition and key;
-- a number (``num_queries``, ``auc``, ``median_error_m``) goes into the table "per-condition
-  numbers": a row per model, a column per condition and name;
+- a number (``auc``, ``median_error_m``) becomes a table of its own: a row per model, a column
+  per condition; counts (keys starting with ``num_``) share the table "counts";
 - lists (the ``curves``) are plotted, not tabulated.
+
+Tables come in reading order (:data:`ORDER` first, then others by name, the upper-bound tables,
+and the counts last), one table per metric so that a page stays as wide as its conditions.
 
 Keys that start with a share prefix (:data:`SHARE_PREFIXES`) are shares in [0, 1] and are
 shown in percent; the best model of each column is marked (highest share; lowest value for a
@@ -26,7 +29,11 @@ from typing import Any
 
 #: Keys read as shares in [0, 1], shown in percent.
 SHARE_PREFIXES: tuple[str, ...] = ("top", "upper_bound", "recall", "auc", "accuracy")
-SCALARS = "per-condition numbers"
+COUNTS = "counts"
+#: The metrics a reader looks for first, in this order.
+ORDER: tuple[str, ...] = (
+    "top1", "top5", "recall_at_25m", "auc", "median_error_m", "p90_error_m"
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ def _number(value: Any) -> bool:
 
 
 def _best_rule(group: str, key: str) -> str | None:
-    if group == "upper_bound" or key == "upper_bound" or key.startswith("num_"):
+    if "upper_bound" in group or "upper_bound" in key or key.startswith("num_"):
         return None
     if "error" in group or "error" in key:
         return "min"
@@ -96,7 +103,8 @@ def tables_from_results(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) 
                 raise ValueError(f"results[{model!r}][{condition!r}] must be a metrics dict")
             for key, value in metrics.items():
                 if _number(value):
-                    entries = {(SCALARS, key): float(value)}
+                    group = COUNTS if str(key).startswith("num_") else str(key)
+                    entries = {(group, key): float(value)}
                 elif isinstance(value, Mapping) and value and all(map(_number, value.values())):
                     entries = {(key, str(sub)): float(v) for sub, v in value.items()}
                 else:
@@ -107,7 +115,15 @@ def tables_from_results(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) 
                         groups[group].append(column)
                     cells.setdefault(group, {}).setdefault(column, {})[model] = number
     tables = []
-    order = sorted(groups, key=lambda g: (g == SCALARS, g == "upper_bound", g))
+    order = sorted(
+        groups,
+        key=lambda g: (
+            g == COUNTS,
+            "upper_bound" in g,
+            ORDER.index(g) if g in ORDER else len(ORDER),
+            g,
+        ),
+    )
     for group in order:
         columns = groups[group]
         rows = {
