@@ -4,7 +4,7 @@ Builds one drive of N raw Bayer GBRG frames at the real 1280x960 size (smooth ra
 fields, so PNG decode costs are realistic), an ins.csv at 50 Hz, then times a full prepare
 (demosaic + resize to 240 + PNG write) and a resumed rerun (all images present).
 
-    python benchmarks/prepare_speed.py --frames 40 --threads 1
+    python benchmarks/prepare_speed.py --frames 40 --threads 1 --workers 1 2
 
 Results recorded in benchmarks/prepare_speed.md.
 """
@@ -51,22 +51,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="prepare workers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, python "
+          f"{platform.python_version()}, threads {args.threads}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "robotcar"
         make_drive(root, args.frames)
-        start = time.perf_counter()
-        result = prepare("robotcar", root, Path(tmp) / "out", progress=False)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        prepare("robotcar", root, Path(tmp) / "out", progress=False)
-        resumed = time.perf_counter() - start
-    print(f"machine: {platform.processor() or platform.machine()}, python "
-          f"{platform.python_version()}, threads {args.threads}")
-    print(f"{len(result.table)} frames 1280x960 Bayer -> 240x180: "
-          f"{first:.2f} s ({1000 * first / args.frames:.1f} ms/frame); "
-          f"resumed rerun {resumed:.2f} s")
+        for workers in args.workers:
+            out = Path(tmp) / f"out{workers}"
+            start = time.perf_counter()
+            result = prepare("robotcar", root, out, progress=False, workers=workers)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            prepare("robotcar", root, out, progress=False, workers=workers)
+            resumed = time.perf_counter() - start
+            print(f"workers {workers}: {len(result.table)} frames 1280x960 Bayer -> 240x180: "
+                  f"{first:.2f} s ({1000 * first / args.frames:.1f} ms/frame); "
+                  f"resumed rerun {resumed:.2f} s")
 
 
 if __name__ == "__main__":

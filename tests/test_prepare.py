@@ -181,3 +181,24 @@ def test_prepare_also_writes_the_vg_layout(tmp_path):
     assert sorted(vg.table.x) == pytest.approx(sorted(prepared.x), abs=0.005)
     assert sorted(vg.table.traversal) == ["query", "reference", "reference"]
     assert Image.open(tmp_path / "vg" / "images" / "test" / "database" / names[0]).size == (24, 18)
+
+
+def test_parallel_workers_give_the_same_output_and_problems(robotcar, tmp_path):
+    centre = robotcar / NIGHT / "stereo" / "centre"
+    (centre / "1418132417247115.png").unlink()  # a missing frame
+    frames = sorted(centre.glob("*.png"))
+    frames[0].write_bytes(b"not a png")  # an unreadable frame
+    results = {
+        n: prepare("robotcar", robotcar, tmp_path / f"out{n}", max_side=8, progress=False,
+                   workers=n)
+        for n in (1, 3)
+    }
+    one, three = results[1], results[3]
+    assert [(p.kind, p.file) for p in three.problems] == [(p.kind, p.file) for p in one.problems]
+    assert sorted(p.kind for p in one.problems) == ["missing_image", "unreadable_image"]
+    assert (three.written, three.reused) == (one.written, one.reused) == (11, 0)
+    assert list(three.table.path) == list(one.table.path)
+    for path in one.table.path:
+        assert (tmp_path / "out3" / path).read_bytes() == (tmp_path / "out1" / path).read_bytes()
+    with pytest.raises(PrepareError, match="workers must be >= 1"):
+        prepare("robotcar", robotcar, tmp_path / "out0", max_side=8, progress=False, workers=0)

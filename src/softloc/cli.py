@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,7 +113,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     }
     options = {k: v for k, v in candidates.items() if v is not None}
     result = prepare(args.format, args.source, args.out, max_side=args.max_side,
-                     progress=not args.quiet, vg_out=args.vg_out, **options)
+                     progress=not args.quiet, vg_out=args.vg_out, workers=args.workers,
+                     **options)
     dropped = sum(p.rows for p in result.problems)
     print(f"prepared {len(result.table)} images in {result.out} ({result.reused} reused, "
           f"{dropped} rows dropped: see {result.out / 'report.md'})")
@@ -301,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--out", required=True, type=Path, help="folder to write (resumable)")
     prep.add_argument("--max-side", type=int, default=240, help="long side of cached images")
+    prep.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        help="images converted at once (threads; default: one per core, at most 4)",
+    )
     prep.add_argument("--vg-out", type=Path, help="also write the VG-benchmark layout there")
     prep.add_argument("--regions", type=Path, help="train/val/test polygons (GeoJSON or CSV)")
     prep.add_argument(

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,18 @@ def _cache_image(loader, source: Path, target: Path, max_side: int) -> None:
         image.save(tmp, format="PNG")
 
 
+def _cache_or_problem(
+    loader, source: Path, target: Path, max_side: int
+) -> Problem | None:
+    """Cache one image; the problem instead of an exception when it cannot be read."""
+    try:
+        _cache_image(loader, source, target, max_side)
+        return None
+    except (ImageError, OSError, ValueError) as error:
+        kind = "missing_image" if not source.is_file() else "unreadable_image"
+        return Problem(kind, str(source), str(error).split(": ", 1)[-1])
+
+
 def _check_previous_run(out: Path, manifest: dict[str, Any]) -> None:
     path = out / "prepare.json"
     images = out / IMAGES_DIR
@@ -113,6 +126,7 @@ def prepare(
     max_side: int = 240,
     progress: bool = True,
     vg_out: str | os.PathLike[str] | None = None,
+    workers: int = 1,
     **options: Any,
 ) -> PrepareResult:
     """Read ``source`` in ``format``, cache resized images and write the canonical layout.
@@ -124,6 +138,9 @@ def prepare(
         max_side: long side of the cached images (the authors use 240).
         vg_out: also write the prepared images in the VG-benchmark layout there (lat/lon in
             the names when the source gives its UTM zone).
+        workers: images decoded, demosaiced, resized and written at once (threads: PNG
+            codecs and the demosaic release the GIL, and a reader's loader need not be
+            picklable). The output does not depend on it.
         options: reader options (see :func:`reader_options`).
 
     Raises:
@@ -135,6 +152,8 @@ def prepare(
     if unknown:
         raise PrepareError(f"option(s) {unknown} do not apply to format {format!r}; it takes "
                            f"{', '.join(allowed)}")
+    if workers < 1:
+        raise PrepareError(f"workers must be >= 1, got {workers}")
     if max_side < 8:
         raise PrepareError(f"max_side {max_side} is too small; use e.g. 240")
     out = Path(out)
@@ -148,23 +167,26 @@ def prepare(
     table = result.table
     problems = list(result.problems)
     keep = np.ones(len(table), dtype=bool)
-    paths = []
-    written = reused = 0
-    for i in tqdm(range(len(table)), desc="prepare", unit="img", disable=not progress):
-        relative = Path(IMAGES_DIR) / Path(table.path[i]).with_suffix(".png")
-        paths.append(relative.as_posix())
-        target = out / relative
-        if target.is_file():
-            reused += 1
-            continue
-        src = table.image_path(i)
-        try:
-            _cache_image(result.loader, src, target, max_side)
-            written += 1
-        except (ImageError, OSError, ValueError) as error:
-            kind = "missing_image" if not src.is_file() else "unreadable_image"
-            problems.append(Problem(kind, str(src), str(error).split(": ", 1)[-1]))
-            keep[i] = False
+    paths = [
+        (Path(IMAGES_DIR) / Path(table.path[i]).with_suffix(".png")).as_posix()
+        for i in range(len(table))
+    ]
+    todo = [i for i in range(len(table)) if not (out / paths[i]).is_file()]
+    reused = len(table) - len(todo)
+
+    def cache(i: int) -> Problem | None:
+        return _cache_or_problem(result.loader, table.image_path(i), out / paths[i], max_side)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # one worker stays in this thread, so an interrupt stops exactly where it came
+        mapped = map(cache, todo) if workers == 1 else pool.map(cache, todo)
+        outcomes = tqdm(mapped, total=len(todo), desc="prepare", unit="img",
+                        disable=not progress)
+        for i, problem in zip(todo, outcomes, strict=True):  # in row order, whatever finished
+            if problem is not None:
+                problems.append(problem)
+                keep[i] = False
+    written = int(len(todo) - (~keep).sum())
     columns = {c: getattr(table, c)[keep] for c in
                ("x", "y", "yaw", "timestamp", "traversal", "condition", "split")}
     prepared = PlaceTable(path=np.asarray(paths, dtype=str)[keep] if paths else np.zeros(0, str),
