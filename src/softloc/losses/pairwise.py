@@ -22,6 +22,7 @@ from .functional import (
     soft_contrastive_loss,
     split_by_anchor,
 )
+from .options import OptionsLoss
 from .registry import TUPLE_RADII, register_loss
 
 __all__ = [
@@ -189,23 +190,6 @@ def multi_similarity_loss(
     )
 
 
-class _OptionsLoss(nn.Module):
-    """A loss module that stores its validated keyword options and calls a function."""
-
-    function: ClassVar[staticmethod]
-
-    def __init__(self, **options: object) -> None:
-        super().__init__()
-        self.options = options
-
-    def forward(self, descriptors: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
-        """Loss of one tuple (anchor row 0)."""
-        return type(self).function(descriptors, distances, **self.options)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-
-
 def _validated(function, **options):
     """Run ``function`` once on a tiny valid tuple so bad options fail at construction."""
     near = options.get("near_radius", options.get("radius", 15.0))
@@ -217,7 +201,7 @@ def _validated(function, **options):
 
 
 @register_loss("contrastive")
-class ContrastiveLoss(_OptionsLoss):
+class ContrastiveLoss(OptionsLoss):
     """Contrastive loss, Hadsell et al. / Radenovic et al. form; see :func:`contrastive_loss`.
 
     Args:
@@ -246,7 +230,7 @@ class ContrastiveLoss(_OptionsLoss):
 
 
 @register_loss("generalized_contrastive")
-class GeneralizedContrastiveLoss(_OptionsLoss):
+class GeneralizedContrastiveLoss(OptionsLoss):
     """Generalized contrastive loss (Leyva-Vallina et al. CVPR 2023), graded labels from the
     metric distance; see :func:`generalized_contrastive_loss`.
 
@@ -265,7 +249,7 @@ class GeneralizedContrastiveLoss(_OptionsLoss):
 
 
 @register_loss("log_ratio")
-class LogRatioLoss(_OptionsLoss):
+class LogRatioLoss(OptionsLoss):
     """Log-ratio loss (Kim et al. CVPR 2019); see :func:`log_ratio_loss`.
 
     Args:
@@ -289,7 +273,7 @@ class LogRatioLoss(_OptionsLoss):
 
 
 @register_loss("multi_similarity")
-class MultiSimilarityLoss(_OptionsLoss):
+class MultiSimilarityLoss(OptionsLoss):
     """Multi-similarity loss with hard labels in the tuple setting (Wang et al. CVPR 2019);
     see :func:`multi_similarity_loss`.
 

@@ -22,6 +22,7 @@ from .functional import (
     split_by_anchor,
     triplet_loss,
 )
+from .options import OptionsLoss
 from .registry import TUPLE_RADII, register_loss
 
 __all__ = [
@@ -169,7 +170,7 @@ class LazyQuadrupletLoss(QuadrupletLoss):
 
 
 @register_loss("huber_distance_triplet")
-class HuberDistanceTripletLoss(nn.Module):
+class HuberDistanceTripletLoss(OptionsLoss):
     """Triplet + lambda * Huber distance regression (Thoma et al. 2020, "Geometrically
     mappable image features"; the authors' ``distance_triplet_loss`` with
     ``huber_distance_loss``). See :func:`huber_distance_triplet_loss`.
@@ -182,6 +183,7 @@ class HuberDistanceTripletLoss(nn.Module):
         positive, reduction: of the triplet part (PointNetVLAD: ``"closest"``, ``"sum"``).
     """
 
+    function = staticmethod(huber_distance_triplet_loss)
     from_config: ClassVar[dict[str, str]] = TUPLE_RADII
 
     def __init__(
@@ -195,21 +197,13 @@ class HuberDistanceTripletLoss(nn.Module):
         positive: str = "closest",
         reduction: str = "sum",
     ) -> None:
-        super().__init__()
         check_triplet_args(margin, near_radius, far_radius, positive, reduction)
         _choice("reduction", reduction, ("sum", "mean", "max"))
         _real("lam", lam, minimum=0.0)
         _real("max_descriptor_squared", max_descriptor_squared, minimum=0.0, strict=True)
         _real("delta", delta, minimum=0.0, strict=True)
-        self.options = dict(
+        super().__init__(
             margin=float(margin), lam=float(lam), near_radius=float(near_radius),
             far_radius=float(far_radius), max_descriptor_squared=float(max_descriptor_squared),
             delta=float(delta), positive=positive, reduction=reduction,
         )
-
-    def forward(self, descriptors: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
-        """Loss of one tuple (anchor row 0)."""
-        return huber_distance_triplet_loss(descriptors, distances, **self.options)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
