@@ -164,3 +164,18 @@ def test_run_dirs_resolve_to_named_maps(street, tmp_path: Path) -> None:
     assert find_sweeps([demo]) == {"loss": {".csv": demo / "sweep_loss.csv"}}
     with pytest.raises(ReportInputError, match="no such sweep folder"):
         find_sweeps([tmp_path / "missing"])
+
+
+def test_report_tables_equal_the_evaluation_protocol(report_inputs, tmp_path: Path) -> None:
+    # the report describes each model's queries once, for the pictures and the tables; the
+    # numbers must be exactly what `softloc evaluate` (evaluate_map) gives on the same map
+    from softloc.evaluation.protocol import evaluate_map
+
+    inputs = report_inputs
+    out = tmp_path / "report"
+    build_report([inputs["run"], inputs["raw_map"]], inputs["places"], out, tsne_points=30,
+                 gradcam_count=1, failure_count=1, progress=False)
+    reported = json.loads((out / "results.json").read_text())
+    for name, map_dir in (("gem", out / "maps" / "gem"), ("raw_pixels", inputs["raw_map"])):
+        expected = json.loads(json.dumps(evaluate_map(map_dir, inputs["places"], progress=False)))
+        assert reported[name] == expected

@@ -93,11 +93,24 @@ def evaluate_map(
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=progress, desc="queries")
     _, retrieved = order_ties(*the_map.search(descriptors, top_k))
+    return metrics_by_condition(queries, the_map.places.xy, retrieved, thresholds)
+
+
+def metrics_by_condition(
+    queries: PlaceTable,
+    ref_xy: np.ndarray,
+    retrieved: np.ndarray,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    conditions: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``{condition: evaluate_retrieval(...)}`` of queries whose references were retrieved
+    (``retrieved`` (Q, K), best first, ties ordered by :func:`order_ties`), conditions in the
+    order given (default: the queries' order of first appearance)."""
     results = {}
-    for condition in queries.conditions():
+    for condition in conditions if conditions is not None else queries.conditions():
         mask = queries.condition == condition
         results[condition] = evaluate_retrieval(
-            queries.xy[mask], the_map.places.xy, retrieved[mask], thresholds
+            queries.xy[mask], ref_xy, retrieved[mask], thresholds
         )
     return results
 

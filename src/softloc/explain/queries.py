@@ -20,7 +20,7 @@ from sklearn.neighbors import NearestNeighbors
 from softloc.data.images import load_image, to_tensor
 from softloc.data.places import PlaceTable
 from softloc.evaluation.metrics import position_errors
-from softloc.evaluation.protocol import query_places
+from softloc.evaluation.protocol import order_ties, query_places
 from softloc.extract import extract_descriptors, image_store
 from softloc.localize import load_map_model
 from softloc.mapping import Map
@@ -116,14 +116,15 @@ def retrieve(
     top_k: int = 1,
     progress: bool = False,
 ) -> MapRetrieval:
-    """Describe the map's queries with its model and search the map (top ``top_k``)."""
+    """Describe the map's queries with its model and search the map (top ``top_k``, ties in
+    the evaluation's order, so pictures show what the tables count)."""
     map_dir = Path(map_dir)
     the_map = Map.load(map_dir)
     model = load_map_model(map_dir)
     queries = select_queries(places, the_map, split, condition)
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=progress, desc=f"{map_dir.name}")
-    _, retrieved = the_map.search(descriptors, top_k)
+    _, retrieved = order_ties(*the_map.search(descriptors, top_k))
     return MapRetrieval(
         name=name or map_dir.name,
         map_dir=map_dir,

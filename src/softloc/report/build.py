@@ -30,7 +30,8 @@ import numpy as np
 
 from softloc.atomic import write_json, write_text
 from softloc.data.places import PlaceTable
-from softloc.evaluation.protocol import evaluate_map, write_results
+from softloc.evaluation.metrics import RECALL_TOP_N
+from softloc.evaluation.protocol import metrics_by_condition, query_places, write_results
 from softloc.explain.failures import write_failures
 from softloc.explain.gradcam import DEFAULT_THRESHOLD_M, gradcam_row, write_gradcam
 from softloc.explain.queries import MapRetrieval, retrieve
@@ -127,7 +128,8 @@ def build_report(
         sweep_dirs: folders holding ``sweep_<kind>.csv/.png/.json`` files; the RUN_DIRs are
             searched too.
         results: ``results[model][condition]`` already computed for these maps (by name);
-            when None, every map is evaluated with :func:`evaluate_map`.
+            when None, every map is evaluated as :func:`evaluate_map` would, from the same
+            query descriptors as the pictures (one extraction per model).
         spacing: reference spacing (m) of the maps built for training runs.
         seed: seed of the t-SNE.
         tsne_points, gradcam_count, failure_count: how many queries each picture shows.
@@ -142,9 +144,20 @@ def build_report(
     sweeps = find_sweeps([*sweep_dirs, *{r.source for r in runs}])
     files: list[str] = []
 
+    # each model describes its queries once: the pictures and (when not given) the tables
+    retrievals = [
+        retrieve(r.map_dir, places, split, name=r.name, top_k=max(RECALL_TOP_N),
+                 progress=progress)
+        for r in runs
+    ]
     if results is None:
-        results = {r.name: evaluate_map(r.map_dir, places, split=split, progress=progress)
-                   for r in runs}
+        results = {
+            r.name: metrics_by_condition(
+                r.queries, r.the_map.places.xy, r.retrieved,
+                conditions=query_places(places, r.the_map, split).conditions(),
+            )
+            for r in retrievals
+        }
     missing = [r.name for r in runs if r.name not in results]
     if missing:
         raise ValueError(f"results lack the model(s) {missing}; pass results=None to evaluate")
@@ -160,8 +173,6 @@ def build_report(
         files.append(href)
         tables_body.append(html.table_html(table, href))
 
-    retrievals = [retrieve(r.map_dir, places, split, name=r.name, progress=progress)
-                  for r in runs]
     tsne_png = write_tsne(retrievals, out, max_points=tsne_points, seed=seed)
     files += ["tsne.png", "tsne.csv"]
     gradcams, gradcam_table = _write_gradcams(retrievals, out, gradcam_count, threshold_m)
