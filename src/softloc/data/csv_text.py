@@ -39,7 +39,11 @@ def read_text_file(path: str | os.PathLike[str], error: type[Exception] = ValueE
         error: the file cannot be decoded; the message names it, the line and the fix.
     """
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as problem:
+        raise error(f"{path}: cannot read ({problem.strerror or problem}); check that the file "
+                    "exists and that you may read it") from None
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
