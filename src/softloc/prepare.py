@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -133,12 +134,12 @@ def cached_names(table: PlaceTable) -> list[str]:
 def source_record(path: Path) -> dict[str, Any] | None:
     """What identifies the content of a source image: path, size, mtime; None when absent."""
     try:
-        stat = os.stat(path)
+        info = os.stat(path)
     except OSError:
         return None
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(info.st_mode):
         return None
-    return {"source": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"source": str(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 def _cache_image(loader, source: Path, target: Path, max_side: int) -> None:

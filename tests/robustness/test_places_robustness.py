@@ -114,6 +114,9 @@ def test_canonical_places_reads_iso_timestamps_and_refuses_bad_ones(tmp_path):
     (tmp_path / "places.csv").write_text(
         f"{header}\na.png,0,0,0,2020-05-01T10:00:01Z,ref,c,test\n")
     assert read_places(tmp_path).timestamp.tolist() == [T0 + 1]
+    (tmp_path / "places.csv").write_text(
+        f"{header}\na.png,0,0,0,{(T0 + 1) * 1000},ref,c,test\nb.png,0,0,0,3.5,ref,c,test\n")
+    assert read_places(tmp_path).timestamp.tolist() == [T0 + 1, 3.5]  # ms, then seconds
     (tmp_path / "places.csv").write_text(f"{header}\na.png,0,0,0,later,ref,c,test\n")
     with pytest.raises(PlacesError, match=r"places.csv, line 2: column 'timestamp'.*ISO-8601"):
         read_places(tmp_path)

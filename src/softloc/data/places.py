@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 
 from softloc.atomic import write_text
 from softloc.data.csv_text import read_csv_text
-from softloc.data.timestamps import parse_timestamp
+from softloc.data.timestamps import MILLISECONDS_FROM, parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -206,16 +207,24 @@ def read_places(
         raise PlacesError(f"{path}: the table has a header but no rows")
     position = {c: text.header.index(c) for c in COLUMNS}
     columns: dict[str, list] = {c: [] for c in COLUMNS}
+    numeric = [(c, position[c], columns[c]) for c in COLUMNS if c in _FLOAT_COLUMNS]
+    labels = [(c, position[c], columns[c]) for c in COLUMNS if c not in _FLOAT_COLUMNS]
     for line, row in zip(text.lines, text.rows, strict=True):
-        for c in COLUMNS:
-            value = row[position[c]]
-            if c in _FLOAT_COLUMNS:
-                columns[c].append(_finite_cell(path, line, c, value))
-            else:
-                if value == "":
-                    raise PlacesError(f"{path}, line {line}: column '{c}' is empty; fill it or "
-                                      "drop the row")
-                columns[c].append(value)
+        for c, at, values in numeric:
+            try:
+                number = float(row[at])
+            except ValueError:
+                number = _finite_cell(path, line, c, row[at])
+            if c == "timestamp" and abs(number) >= MILLISECONDS_FROM:
+                number = _finite_cell(path, line, c, row[at])  # epoch ms or us -> seconds
+            if not math.isfinite(number):
+                _finite_cell(path, line, c, row[at])  # raises, naming the line
+            values.append(number)
+        for c, at, values in labels:
+            if row[at] == "":
+                raise PlacesError(f"{path}, line {line}: column '{c}' is empty; fill it or "
+                                  "drop the row")
+            values.append(row[at])
     columns["split"] = _case_folded_splits(path, columns["split"])
     table = PlaceTable(**{c: np.asarray(v) for c, v in columns.items()}, root=path.parent)
     if check_images:
@@ -238,7 +247,7 @@ def _finite_cell(path: Path, line: int, column: str, value: str) -> float:
             f"{path}, line {line}: column '{column}' holds {value!r}, not a number{what}; fix "
             "or drop the row"
         ) from None
-    if not np.isfinite(number):
+    if not math.isfinite(number):
         raise PlacesError(
             f"{path}, line {line}: column '{column}' is {value!r}; every image needs a "
             "finite position, heading and timestamp: drop or fix the row"
