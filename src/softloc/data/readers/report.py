@@ -32,7 +32,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "bad_yaw": "yaw or heading that is not a finite number (or empty)",
     "duplicate_image": "image listed again at the same place; the first row is kept",
     "conflicting_positions": "image listed at positions more than 1 m apart; all its rows dropped",
-    "image_too_large": "image over Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)",
+    "image_too_large": "image over Pillow's decompression-bomb limit (2 x MAX_IMAGE_PIXELS)",
 }
 #: Rows left out on purpose by an option; counted, not errors.
 FILTER_KINDS: dict[str, str] = {
