@@ -141,6 +141,16 @@ def test_town_over_a_prepared_dataset_or_foreign_files_is_refused(tmp_path, caps
     assert (notes / "todo.txt").read_text() == "mine"
 
 
+def test_vg_out_over_out_or_the_source_is_refused(tmp_path, capsys):
+    csv_path = drive_csv(tmp_path / "src")
+    before = checksums(tmp_path)
+    for vg_out in (tmp_path / "out", tmp_path / "out" / "vg", tmp_path / "src"):
+        code, err = run(capsys, "prepare", "csv", str(csv_path), "--out", str(tmp_path / "out"),
+                        "--vg-out", str(vg_out))
+        assert code == 2 and "--vg-out" in err and str(vg_out) in err
+    assert checksums(tmp_path) == before and not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # BAD 9: a full disk stops the run (exit 2) and keeps what was written
 
