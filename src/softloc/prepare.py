@@ -37,7 +37,7 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +218,8 @@ def check_out_apart_from_source(source: Path, out: Path, option: str = "--out") 
     Raises:
         PrepareError: naming both folders and a folder to use instead.
     """
+    if not Path(source).exists():
+        return  # the reader names the missing source; nothing is written before it does
     src = Path(source).resolve()
     folder = src if src.is_dir() else src.parent
     target = Path(out).resolve()
@@ -286,6 +288,23 @@ def read_sources(out: Path) -> dict[str, dict[str, Any]]:
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             continue
     return records
+
+
+def _journal_finished(out: Path, pending: list[tuple[int, Future]], line) -> int:
+    """After a failed write, list the images other workers finished anyway, so that a rerun
+    reuses them (best effort: the disk may be full). Returns how many were listed."""
+    finished = []
+    for i, future in pending:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            problem, record = future.result()
+            if problem is None:
+                finished.append(line(i, record))
+    try:
+        with open(out / SOURCES_FILE, "a", encoding="utf-8") as journal:
+            journal.write("".join(finished))
+    except OSError:
+        return 0
+    return len(finished)
 
 
 def _remove_unlisted(out: Path, listed: set[str]) -> int:
@@ -382,28 +401,40 @@ def prepare(
 
     written = 0
     pool = ThreadPoolExecutor(max_workers=workers)
+    # one worker stays in this thread, so an interrupt stops exactly where it came
+    futures = [] if workers == 1 else [pool.submit(cache, i) for i in todo]
+    consumed = 0
+
+    def journal_line(i: int, record: dict[str, Any]) -> str:
+        return json.dumps({"image": paths[i], **record}, sort_keys=True) + "\n"
+
     try:
         with _writing(out, SOURCES_FILE), open(out / SOURCES_FILE, "a",
                                                 encoding="utf-8") as journal:
-            # one worker stays in this thread, so an interrupt stops exactly where it came
-            mapped = map(cache, todo) if workers == 1 else pool.map(cache, todo)
-            outcomes = tqdm(mapped, total=len(todo), desc="prepare", unit="img",
-                            disable=not progress)
-            for i, (problem, record) in zip(todo, outcomes, strict=True):  # in row order
+            for k in tqdm(range(len(todo)), desc="prepare", unit="img", disable=not progress):
+                i = todo[k]  # in row order, whatever finished first
+                problem, record = cache(i) if workers == 1 else futures[k].result()
+                consumed = k + 1
                 if problem is not None:
                     problems.append(problem)
                     keep[i] = False
                     continue
                 records[i] = record
                 written += 1
-                journal.write(json.dumps({"image": paths[i], **record}, sort_keys=True) + "\n")
+                journal.write(journal_line(i, record))
                 journal.flush()
     except CacheWriteError as error:
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=True)
+        kept = _journal_finished(out, [(todo[k], futures[k]) for k in range(consumed,
+                                                                            len(futures))],
+                                 journal_line)
         raise PrepareError(
             f"{error.target}: cannot write the cached image ({error.error.strerror or error.error})"
             f"; the disk holding {out} is full or not writable. Free space (or choose another "
-            f"--out), then run the same command again: the {reused + written} images cached "
-            "so far are kept and reused"
+            f"--out), then run the same command again: the {reused + written + kept} images "
+            "cached so far are kept and reused"
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
