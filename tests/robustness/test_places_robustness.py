@@ -231,3 +231,31 @@ def test_split_labels_differing_in_case_are_one_split(tmp_path):
     (tmp_path / "places.csv").write_text(f"{header}\na.png,0,0,0,0,r,c,Train\n"
                                          "b.png,1,0,0,1,r,c,train\n")
     assert list(read_places(tmp_path).split) == ["train", "train"]
+
+
+# ---------------------------------------------------------------------------------------------
+# MSLS raw.csv: compass angle and capture time read by the same rules
+
+
+def test_msls_bad_angle_and_time_are_dropped_rows_and_ms_epochs_read(tmp_path):
+    from softloc.data.readers.msls import read_msls
+
+    folder = tmp_path / "train_val" / "cph" / "database"
+    (folder / "images").mkdir(parents=True)
+    rows = [("a", "90", f"{(T0 + 1) * 1000}"), ("b", "", "2020-05-01"), ("c", "0", "soon"),
+            ("d", "180", "2020-05-01T10:00:00Z")]
+    post = [",key,easting,northing,unique_cluster,control_panel,night,view_direction"]
+    raw = [",key,lon,lat,ca,captured_at,pano"]
+    for i, (key, ca, when) in enumerate(rows):
+        post.append(f"{i},{key},{100.0 + i},200.0,{i},0,False,Forward")
+        raw.append(f"{i},{key},12.5,55.6,{ca},{when},False")
+        Image.fromarray(np.zeros((6, 8, 3), dtype=np.uint8)).save(folder / "images" / f"{key}.jpg")
+    (folder / "postprocessed.csv").write_text("\n".join(post) + "\n")
+    (folder / "raw.csv").write_text("\n".join(raw) + "\n")
+    result = read_msls(tmp_path)
+    assert [p.split("/")[-1] for p in result.table.path] == ["a.jpg", "d.jpg"]
+    assert result.table.timestamp.tolist() == [T0 + 1, T0]
+    # (the city has no query/ folder: that is missing_metadata)
+    assert result.counts() == {"bad_timestamp": 1, "bad_yaw": 1, "missing_metadata": 1}
+    details = " ".join(p.detail for p in result.problems)
+    assert "key b" in details and "key c" in details and "'soon'" in details
