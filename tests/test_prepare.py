@@ -46,7 +46,8 @@ def test_robotcar_to_canonical_layout(robotcar, tmp_path):
     assert image.shape == (6, 8, 3)
     # the night drive is the Bayer mosaic of RGB (20, 40, 60); the interior keeps that colour
     assert np.abs(image[2:4, 2:6].reshape(-1, 3).astype(int) - [20, 40, 60]).max() <= 1
-    assert night.path[0] == f"images/{NIGHT}/stereo/centre/1418132416747115.png"
+    # cached images are named from the row: 8 reference rows come first, then the night drive
+    assert night.path[0] == "images/night/000008_1418132416747115.png"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["by_split_condition"] == {"test": {"night": 4, "overcast": 8}}
     assert summary["by_traversal"] == {"night": 4, "reference": 8}

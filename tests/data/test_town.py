@@ -305,7 +305,7 @@ def test_the_suggested_route_length_is_enough() -> None:
 
 def test_refuses_a_folder_holding_other_files(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(ValueError, match="holds files softloc did not write"):
         generate_town(tmp_path, SMALL, progress=False)
     with pytest.raises(ValueError, match="workers"):
         generate_town(tmp_path / "new", SMALL, progress=False, workers=0)

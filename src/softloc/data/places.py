@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,6 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from softloc.atomic import write_text
+from softloc.data.csv_text import read_csv_text
+from softloc.data.timestamps import MILLISECONDS_FROM, parse_timestamp
+
+logger = logging.getLogger(__name__)
 
 #: Columns of the canonical CSV, in order.
 COLUMNS: tuple[str, ...] = (
@@ -169,6 +175,11 @@ def read_places(
 ) -> PlaceTable:
     """Read a canonical places CSV (or a dataset folder holding ``places.csv``).
 
+    Text rules (encodings, byte-order marks, spaces after commas) are those of
+    :mod:`softloc.data.csv_text`; timestamps may be seconds or any form of
+    :func:`softloc.data.timestamps.parse_timestamp`. Split labels are case-insensitive
+    (``Train`` is read as ``train``, and a warning names the file).
+
     Args:
         path: the CSV file, or the dataset root that holds ``places.csv``.
         check_images: also check that every image file exists.
@@ -185,39 +196,36 @@ def read_places(
             f"{path}: no such places file; generate a dataset with `softloc town --out DIR` "
             "or point to the folder that holds places.csv"
         )
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise PlacesError(
-                f"{path}: missing column(s) {', '.join(missing)}; the header must hold "
-                f"{', '.join(COLUMNS)}"
-            )
-        rows = list(reader)
-    if not rows:
+    text = read_csv_text(path, PlacesError)
+    missing = [c for c in COLUMNS if c not in text.header]
+    if missing:
+        raise PlacesError(
+            f"{path}: missing column(s) {', '.join(missing)} in the header {text.header} (as "
+            f"read); the header must hold {', '.join(COLUMNS)}{text.separator_hint()}"
+        )
+    if not text.rows:
         raise PlacesError(f"{path}: the table has a header but no rows")
+    position = {c: text.header.index(c) for c in COLUMNS}
     columns: dict[str, list] = {c: [] for c in COLUMNS}
-    for line, row in enumerate(rows, start=2):
-        for c in COLUMNS:
-            value = row[c]
-            if c in _FLOAT_COLUMNS:
-                try:
-                    number = float(value)
-                except (TypeError, ValueError):
-                    raise PlacesError(
-                        f"{path}, line {line}: column '{c}' holds {value!r}, not a number"
-                    ) from None
-                if not np.isfinite(number):
-                    raise PlacesError(
-                        f"{path}, line {line}: column '{c}' is {value!r}; every image needs a "
-                        "finite position, heading and timestamp: drop or fix the row"
-                    )
-                columns[c].append(number)
-            else:
-                if value is None or value == "":
-                    raise PlacesError(f"{path}, line {line}: column '{c}' is empty")
-                columns[c].append(value)
+    numeric = [(c, position[c], columns[c]) for c in COLUMNS if c in _FLOAT_COLUMNS]
+    labels = [(c, position[c], columns[c]) for c in COLUMNS if c not in _FLOAT_COLUMNS]
+    for line, row in zip(text.lines, text.rows, strict=True):
+        for c, at, values in numeric:
+            try:
+                number = float(row[at])
+            except ValueError:
+                number = _finite_cell(path, line, c, row[at])
+            if c == "timestamp" and abs(number) >= MILLISECONDS_FROM:
+                number = _finite_cell(path, line, c, row[at])  # epoch ms or us -> seconds
+            if not math.isfinite(number):
+                _finite_cell(path, line, c, row[at])  # raises, naming the line
+            values.append(number)
+        for c, at, values in labels:
+            if row[at] == "":
+                raise PlacesError(f"{path}, line {line}: column '{c}' is empty; fill it or "
+                                  "drop the row")
+            values.append(row[at])
+    columns["split"] = _case_folded_splits(path, columns["split"])
     table = PlaceTable(**{c: np.asarray(v) for c, v in columns.items()}, root=path.parent)
     if check_images:
         absent = [p for p in table.path if not (table.root / p).is_file()]
@@ -227,3 +235,35 @@ def read_places(
                 f"e.g. {absent[0]}; regenerate the dataset or remove those rows"
             )
     return table
+
+
+def _finite_cell(path: Path, line: int, column: str, value: str) -> float:
+    """The number in one cell; a timestamp may also be ISO-8601 or epoch ms/us."""
+    try:
+        number = parse_timestamp(value) if column == "timestamp" else float(value)
+    except ValueError as error:
+        what = f" ({error})" if column == "timestamp" else ""
+        raise PlacesError(
+            f"{path}, line {line}: column '{column}' holds {value!r}, not a number{what}; fix "
+            "or drop the row"
+        ) from None
+    if not math.isfinite(number):
+        raise PlacesError(
+            f"{path}, line {line}: column '{column}' is {value!r}; every image needs a "
+            "finite position, heading and timestamp: drop or fix the row"
+        )
+    return number
+
+
+def normalise_split(label: str) -> str:
+    """A split label as softloc compares it: stripped and lower-case (``Train`` -> ``train``)."""
+    return label.strip().lower()
+
+
+def _case_folded_splits(path: Path, labels: list[str]) -> list[str]:
+    folded = [normalise_split(label) for label in labels]
+    changed = sorted({a for a, b in zip(labels, folded, strict=True) if a != b})
+    if changed:
+        logger.warning("%s: split labels %s read as %s (split names are case-insensitive)",
+                       path, changed, sorted({normalise_split(c) for c in changed}))
+    return folded

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from softloc.data.readers.msls import read_msls
 from softloc.data.readers.pittsburgh import read_pittsburgh
 from softloc.data.readers.plain_csv import read_plain_csv
@@ -45,6 +47,9 @@ def read_dataset(
     """
     if format not in FORMATS:
         raise DatasetError(f"unknown dataset format {format!r}; one of {sorted(FORMATS)}")
+    if not np.isfinite(reference_spacing) or reference_spacing < 0:
+        raise DatasetError(f"--reference-spacing must be a distance >= 0 metres (0 keeps every "
+                           f"reference frame), got {reference_spacing}")
     result = FORMATS[format](Path(source), **options)
     if regions is not None:
         table, problems = assign_regions(result.table, read_regions(regions), str(regions))

@@ -21,16 +21,16 @@ coordinate boxes overlap.
 
 from __future__ import annotations
 
-import csv
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from softloc.data.csv_text import read_csv_text
 from softloc.data.places import PlaceTable
 from softloc.data.readers.geo import compass_to_yaw
 from softloc.data.readers.report import DatasetError, Problem, ReadResult
+from softloc.data.timestamps import parse_angle, parse_timestamp
 
 TRAIN_CITIES = (
     "trondheim", "london", "boston", "melbourne", "amsterdam", "helsinki", "tokyo", "toronto",
@@ -51,39 +51,20 @@ def read_indexed_csv(path: Path, needed: tuple[str, ...]) -> dict[str, dict[str,
     """
     if not path.is_file():
         raise DatasetError(f"{path}: missing; extract the MSLS archive with its CSV files")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        missing = [c for c in needed if c not in header]
-        if missing or not header or header[0] != "":
-            raise DatasetError(
-                f"{path}: header {header} lacks {missing or 'the leading index column'}; "
-                "expected a pandas-written MSLS CSV: header starting with ',' (the index) and "
-                f"holding {', '.join(needed)}"
-            )
-        rows = {}
-        for row in reader:
-            if row:
-                rows[row[0]] = dict(zip(header, row, strict=False))
-    return rows
+    text = read_csv_text(path, DatasetError)
+    header = text.header
+    missing = [c for c in needed if c not in header]
+    if missing or not header or header[0] != "":
+        raise DatasetError(
+            f"{path}: header {header} lacks {missing or 'the leading index column'}; "
+            "expected a pandas-written MSLS CSV: header starting with ',' (the index) and "
+            f"holding {', '.join(needed)}{text.separator_hint()}"
+        )
+    return {row[0]: dict(zip(header, row, strict=False)) for row in text.rows}
 
 
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("true", "1", "yes")
-
-
-def _date_seconds(text: str) -> float:
-    text = text.strip()
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            continue
-    try:
-        value = float(text)  # epoch milliseconds, as the Mapillary API gives
-    except ValueError:
-        return 0.0
-    return value / 1000.0 if value > 1e11 else value
 
 
 def read_msls(
@@ -137,16 +118,25 @@ def read_msls(
                                             f"index {index}, key {row['key']}"))
                     continue
                 try:
-                    yaw = float(compass_to_yaw(float(raw_row["ca"])))
-                except ValueError:
-                    yaw = 0.0
+                    yaw = float(compass_to_yaw(parse_angle(raw_row["ca"])))
+                except ValueError as error:
+                    problems.append(Problem("bad_yaw", str(folder / "raw.csv"),
+                                            f"index {index}, key {row['key']}: ca {error}"))
+                    continue
+                try:
+                    stamp = parse_timestamp(raw_row["captured_at"])
+                except ValueError as error:
+                    problems.append(Problem("bad_timestamp", str(folder / "raw.csv"),
+                                            f"index {index}, key {row['key']}: captured_at: "
+                                            f"{error}"))
+                    continue
                 night = "night" if _truthy(row["night"]) else "day"
                 view = (row["view_direction"] or "unknown").strip().lower()
                 columns["path"].append(f"train_val/{city}/{subset}/images/{row['key']}.jpg")
                 columns["x"].append(x)
                 columns["y"].append(y)
                 columns["yaw"].append(yaw)
-                columns["timestamp"].append(_date_seconds(raw_row["captured_at"]))
+                columns["timestamp"].append(stamp)
                 columns["traversal"].append(traversal)
                 columns["condition"].append(f"{night}_{view}")
                 columns["split"].append(split)

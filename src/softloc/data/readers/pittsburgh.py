@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ DBSTRUCT_FIELDS: tuple[str, ...] = (
     "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr",
 )
 QUERY_FOLDER = "queries_real"
+REDOWNLOAD = ("download the NetVLAD dataset specification again (its datasets/ folder holds "
+              "pitts30k_{train,val,test}.mat) and check its size")
 _VIEW = re.compile(r"_pitch(\d+)_yaw(\d+)")
 
 
@@ -76,18 +79,27 @@ def read_dbstruct(path: str | os.PathLike[str]) -> DbStruct:
         DatasetError: not a .mat file, no ``dbStruct``, wrong shapes or counts.
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file; give the dbStruct .mat, e.g. "
                            "Pittsburgh250k/datasets/pitts30k_test.mat")
+    size = path.stat().st_size
+    if size == 0:
+        raise DatasetError(f"{path}: the file is empty (0 bytes), an interrupted download or "
+                           f"copy; {REDOWNLOAD}")
     try:
         mat = loadmat(path)
-    except (ValueError, OSError, NotImplementedError, TypeError, IndexError) as error:
-        raise DatasetError(f"{path}: cannot read as a MATLAB v5 .mat file ({error}); "
-                           "download the NetVLAD dataset specification again") from None
+    except (MatReadError, ValueError, OSError, EOFError, NotImplementedError, TypeError,
+            IndexError, KeyError, zlib.error) as error:
+        raise DatasetError(f"{path}: cannot read as a MATLAB v5 .mat file ({error}; "
+                           f"{size} bytes: truncated or not a .mat file); {REDOWNLOAD}") from None
     if "dbStruct" not in mat:
         keys = sorted(k for k in mat if not k.startswith("__"))
+        if not keys:
+            raise DatasetError(f"{path}: a .mat header but no variable ({size} bytes): the file "
+                               f"is truncated; {REDOWNLOAD}")
         raise DatasetError(f"{path}: no 'dbStruct' variable (found {keys}); give one of the "
                            "NetVLAD pitts30k_*/pitts250k_* .mat files")
     struct = mat["dbStruct"]

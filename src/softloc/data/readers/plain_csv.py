@@ -1,26 +1,33 @@
 """A plain CSV of a user's own drive: one row per image.
 
-Columns (by name, any order; extra columns are ignored):
+Columns (by name, any order, case-insensitive; extra columns are ignored):
 
 - ``path``: image path, relative to the CSV's folder (or to ``images_root``);
 - position: ``x`` and ``y`` in metres (e.g. UTM easting/northing), or ``lat`` and ``lon`` in
   WGS84 degrees, converted to UTM in the drive's most common zone;
 - optional ``yaw`` (radians counter-clockwise from +x) or ``heading`` (compass degrees,
-  clockwise from north), ``timestamp`` (seconds), ``traversal``, ``condition``, ``split``.
+  clockwise from north), ``timestamp`` (epoch seconds, milliseconds or microseconds, or
+  ISO-8601: :mod:`softloc.data.timestamps`), ``traversal``, ``condition``, ``split``.
 
-Rows without a usable position are dropped and counted; repeated timestamps within one
-traversal are dropped (the later row) when timestamps are given.
+The text rules (UTF-8 or a BOM-marked UTF-16, spaces after commas) are those of
+:mod:`softloc.data.csv_text`. Each row that cannot be used is dropped and reported, never read
+as 0: an empty path (``bad_row``), no usable position (``no_position``), a yaw or heading that
+is not a number (``bad_yaw``), a timestamp that cannot be parsed (``bad_timestamp``). When the
+same image is listed twice, the first row is kept if the others lie within
+:data:`SAME_PLACE_M` of it (``duplicate_image``); if they lie farther apart every row of that
+image is dropped (``conflicting_positions``), since nothing tells which position is right.
+Repeated timestamps within one traversal are dropped (the later row).
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
-from softloc.data.places import PlaceTable
+from softloc.data.csv_text import read_csv_text
+from softloc.data.places import PlaceTable, normalise_split
 from softloc.data.readers.geo import compass_to_yaw, latlon_to_utm
 from softloc.data.readers.report import (
     DatasetError,
@@ -28,11 +35,15 @@ from softloc.data.readers.report import (
     ReadResult,
     drop_duplicate_timestamps,
 )
+from softloc.data.timestamps import parse_angle, parse_timestamp
+
+#: Rows listing one image closer than this (metres) are the same place: the first is kept.
+SAME_PLACE_M = 1.0
 
 
-def _number(text: str | None) -> float:
+def _number(text: str) -> float:
     try:
-        return float(text) if text not in (None, "") else float("nan")
+        return float(text) if text else float("nan")
     except ValueError:
         return float("nan")
 
@@ -47,43 +58,75 @@ def read_plain_csv(
     """Read a user's CSV; defaults label every row (traversal: the file's stem).
 
     Raises:
-        DatasetError: missing file, no ``path`` column, no position columns, no usable row.
+        DatasetError: missing or undecodable file, no ``path`` column, no position columns,
+            no usable row (the message names the file, shows the header read and the fix).
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such CSV file")
     root = Path(images_root) if images_root is not None else path.parent
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in reader.fieldnames or []]
-        reader.fieldnames = header
-        rows = list(reader)
+    text = read_csv_text(path, DatasetError, lower_header=True)
+    header = text.header
     metric = {"x", "y"} <= set(header)
     geographic = {"lat", "lon"} <= set(header)
     if "path" not in header or not (metric or geographic):
         raise DatasetError(
-            f"{path}: header {header} needs 'path' and either x,y (metres) or lat,lon "
+            f"{path}: header {header} (as read) needs 'path' and either x,y (metres) or lat,lon "
             "(degrees); optional yaw or heading, timestamp, traversal, condition, split"
+            f"{text.separator_hint()}"
         )
+    rows = text.dicts()
+    lines = list(text.lines)
     if not rows:
         raise DatasetError(f"{path}: the CSV has a header but no rows")
-    first = "x" if metric else "lat"
-    second = "y" if metric else "lon"
-    a = np.array([_number(r[first]) for r in rows])
-    b = np.array([_number(r[second]) for r in rows])
+    first, second = ("x", "y") if metric else ("lat", "lon")
     problems: list[Problem] = []
-    usable = np.isfinite(a) & np.isfinite(b) & np.array([bool(r["path"]) for r in rows])
-    if geographic and not metric:
-        usable &= (np.abs(a) <= 84) & (a >= -80) & (np.abs(b) <= 180)
-    for line in np.flatnonzero(~usable):
-        problems.append(Problem("no_position", str(path),
-                                f"line {line + 2}: {first}={rows[line][first]!r}, "
-                                f"{second}={rows[line][second]!r}"))
-    rows = [r for r, ok in zip(rows, usable, strict=True) if ok]
-    a, b = a[usable], b[usable]
-    if not rows:
-        raise DatasetError(f"{path}: no row has a usable position ({len(problems)} rows "
-                           f"without); fill the {first},{second} columns")
+    kept_rows, kept_lines, a_values, b_values, yaws, stamps = [], [], [], [], [], []
+    angle_column = "yaw" if "yaw" in header else "heading" if "heading" in header else None
+    has_times = "timestamp" in header
+    for line, row in zip(lines, rows, strict=True):
+        if not row["path"]:
+            problems.append(Problem("bad_row", str(path), f"line {line}: empty path"))
+            continue
+        a, b = _number(row[first]), _number(row[second])
+        usable = np.isfinite(a) and np.isfinite(b)
+        if usable and not metric:
+            usable = abs(a) <= 84 and a >= -80 and abs(b) <= 180
+        if not usable:
+            problems.append(Problem("no_position", str(path),
+                                    f"line {line}: {first}={row[first]!r}, "
+                                    f"{second}={row[second]!r}"))
+            continue
+        yaw = 0.0
+        if angle_column is not None:
+            try:
+                yaw = parse_angle(row[angle_column])
+            except ValueError as error:
+                problems.append(Problem("bad_yaw", str(path),
+                                        f"line {line}: {angle_column} {error}"))
+                continue
+            if angle_column == "heading":
+                yaw = float(compass_to_yaw(yaw))
+        stamp = 0.0
+        if has_times:
+            try:
+                stamp = parse_timestamp(row["timestamp"])
+            except ValueError as error:
+                problems.append(Problem("bad_timestamp", str(path), f"line {line}: {error}"))
+                continue
+        kept_rows.append(row)
+        kept_lines.append(line)
+        a_values.append(a)
+        b_values.append(b)
+        yaws.append(yaw)
+        stamps.append(stamp)
+    if not kept_rows:
+        kinds = sorted({p.kind for p in problems})
+        raise DatasetError(f"{path}: no row has a usable position, path, heading and time "
+                           f"({len(problems)} dropped: {', '.join(kinds)}, e.g. "
+                           f"{problems[0].detail}); fill the path and {first},{second} columns")
+    rows, lines = kept_rows, kept_lines
+    a, b = np.asarray(a_values), np.asarray(b_values)
     zone = None
     if metric:
         x, y = a, b
@@ -91,31 +134,58 @@ def read_plain_csv(
         points = latlon_to_utm(a, b)
         x, y = points.easting, points.northing
         zone = (points.zone_number, points.zone_letter)
-        for line in np.flatnonzero(points.other_zone):
+        for i in np.flatnonzero(points.other_zone):
             problems.append(Problem("unexpected_zone", str(path),
-                                    f"{rows[line]['path']}: outside UTM zone "
+                                    f"{rows[i]['path']}: outside UTM zone "
                                     f"{points.zone_number}{points.zone_letter}, projected into it",
                                     rows=0))
-    if "yaw" in header:
-        yaw = np.array([_number(r["yaw"]) for r in rows])
-    elif "heading" in header:
-        yaw = compass_to_yaw(np.array([_number(r["heading"]) for r in rows]))
-    else:
-        yaw = np.zeros(len(rows))
-    yaw = np.where(np.isfinite(yaw), np.mod(yaw, 2 * np.pi), 0.0)
-    has_times = "timestamp" in header
-    stamps = np.array([_number(r["timestamp"]) for r in rows]) if has_times else np.zeros(len(rows))
-    stamps = np.where(np.isfinite(stamps), stamps, 0.0)
 
     def label(name: str, default: str) -> np.ndarray:
-        return np.array([(r.get(name) or "").strip() or default for r in rows])
+        return np.array([r.get(name) or default for r in rows])
 
     table = PlaceTable(
-        path=np.array([r["path"].strip() for r in rows]), x=x, y=y, yaw=yaw, timestamp=stamps,
+        path=np.array([r["path"] for r in rows]), x=x, y=y,
+        yaw=np.mod(np.asarray(yaws, dtype=np.float64), 2 * np.pi),
+        timestamp=np.asarray(stamps, dtype=np.float64),
         traversal=label("traversal", traversal or path.stem),
-        condition=label("condition", condition), split=label("split", split), root=root,
+        condition=label("condition", condition),
+        split=np.array([normalise_split(s) for s in label("split", split)]), root=root,
     )
+    table, duplicates = drop_repeated_images(table, np.asarray(lines), str(path))
+    problems += duplicates
+    if len(table) == 0:
+        raise DatasetError(f"{path}: every row lists an image also listed elsewhere at another "
+                           f"position (e.g. {problems[-1].detail})")
     if has_times:
-        table, duplicates = drop_duplicate_timestamps(table, str(path))
-        problems += duplicates
+        table, repeated = drop_duplicate_timestamps(table, str(path))
+        problems += repeated
     return ReadResult(table, problems, dataset="csv", has_timestamps=has_times, zone=zone)
+
+
+def drop_repeated_images(
+    table: PlaceTable, lines: np.ndarray, source: str, same_place_m: float = SAME_PLACE_M
+) -> tuple[PlaceTable, list[Problem]]:
+    """Keep one row per image file; report repeats (see the module docstring for the rule)."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(table.path):
+        groups.setdefault(os.path.normpath(os.path.join(table.root, name)), []).append(i)
+    keep = np.ones(len(table), dtype=bool)
+    problems = []
+    for rows in groups.values():
+        if len(rows) == 1:
+            continue
+        first = rows[0]
+        apart = np.hypot(table.x[rows] - table.x[first], table.y[rows] - table.y[first])
+        where = ", ".join(str(int(lines[i])) for i in rows)
+        if apart.max() <= same_place_m:
+            keep[rows[1:]] = False
+            problems.append(Problem("duplicate_image", source,
+                                    f"{table.path[first]}: listed on lines {where}; the first "
+                                    "row is kept", rows=len(rows) - 1))
+        else:
+            keep[rows] = False
+            problems.append(Problem("conflicting_positions", source,
+                                    f"{table.path[first]}: listed on lines {where} at positions "
+                                    f"up to {apart.max():.1f} m apart; fix the rows and prepare "
+                                    "again", rows=len(rows)))
+    return table.subset(keep), problems

@@ -8,12 +8,12 @@ Regions are polygons in the table's metric frame (easting/northing), given as
   one polygon are consecutive rows in order).
 
 A row outside every polygon is dropped and counted; a row inside polygons of two different
-splits is an error (the regions overlap: fix the file), as in the authors' split script.
+splits is an error (the regions overlap: fix the file), as in the authors' split script. Split
+names are case-insensitive (``Train`` is ``train``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.path import Path as PolygonPath
 
-from softloc.data.places import PlaceTable
+from softloc.data.csv_text import read_csv_text, read_text_file
+from softloc.data.places import PlaceTable, normalise_split
 from softloc.data.readers.report import DatasetError, Problem
 
 
@@ -39,7 +40,7 @@ class Region:
 
 def _geojson_regions(path: Path) -> list[Region]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(path, DatasetError))
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
     features = data.get("features") if isinstance(data, dict) else None
@@ -55,26 +56,25 @@ def _geojson_regions(path: Path) -> list[Region]:
                                "MultiPolygon geometry in easting/northing")
         polygons = [coords] if kind == "Polygon" else coords
         for polygon in polygons:
-            regions.append(Region(str(split), np.asarray(polygon[0], dtype=np.float64)[:, :2]))
+            regions.append(Region(normalise_split(str(split)),
+                                  np.asarray(polygon[0], dtype=np.float64)[:, :2]))
     return regions
 
 
 def _csv_regions(path: Path) -> list[Region]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in reader.fieldnames or []]
-        reader.fieldnames = header
-        if not {"split", "x", "y"} <= set(header):
-            raise DatasetError(f"{path}: header {header} needs split, x, y (and optionally "
-                               "polygon): one row per vertex")
-        groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for line, row in enumerate(reader, start=2):
-            try:
-                vertex = (float(row["x"]), float(row["y"]))
-            except (TypeError, ValueError):
-                raise DatasetError(f"{path}, line {line}: x/y not numbers") from None
-            key = (row["split"].strip(), (row.get("polygon") or "").strip())
-            groups.setdefault(key, []).append(vertex)
+    text = read_csv_text(path, DatasetError, lower_header=True)
+    if not {"split", "x", "y"} <= set(text.header):
+        raise DatasetError(f"{path}: header {text.header} (as read) needs split, x, y (and "
+                           f"optionally polygon): one row per vertex{text.separator_hint()}")
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for line, row in zip(text.lines, text.dicts(), strict=True):
+        try:
+            vertex = (float(row["x"]), float(row["y"]))
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}, line {line}: x/y not numbers ({row['x']!r}, "
+                               f"{row['y']!r})") from None
+        key = (normalise_split(row["split"]), row.get("polygon") or "")
+        groups.setdefault(key, []).append(vertex)
     return [Region(split, np.asarray(v)) for (split, _), v in groups.items()]
 
 
@@ -134,7 +134,10 @@ def subsample_along(
     frame is kept when the path length since the last kept frame reaches ``spacing``. Rows of
     other traversals are untouched.
     """
-    if spacing <= 0:
+    if not np.isfinite(spacing) or spacing < 0:
+        raise DatasetError(f"reference spacing must be a distance >= 0 metres (0 keeps every "
+                           f"frame), got {spacing}")
+    if spacing == 0:
         return table, []
     keep = np.ones(len(table), dtype=bool)
     rows = np.flatnonzero(table.traversal == traversal)

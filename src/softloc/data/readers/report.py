@@ -27,7 +27,12 @@ PROBLEM_KINDS: dict[str, str] = {
     "unexpected_zone": "coordinates outside the expected UTM zone or area of the dataset",
     "ins_not_good": "a neighbouring INS row is not INS_SOLUTION_GOOD (RobotCar)",
     "missing_metadata": "a drive or folder lacks a metadata file (timestamps, ins.csv, CSVs)",
-    "bad_row": "row or file name that cannot be parsed",
+    "bad_row": "row or file name that cannot be parsed (e.g. an empty image path)",
+    "bad_timestamp": "timestamp that is neither epoch seconds/ms/us nor ISO-8601 (or empty)",
+    "bad_yaw": "yaw or heading that is not a finite number (or empty)",
+    "duplicate_image": "image listed again at the same place; the first row is kept",
+    "conflicting_positions": "image listed at positions more than 1 m apart; all its rows dropped",
+    "image_too_large": "image over Pillow's decompression-bomb limit (2 x MAX_IMAGE_PIXELS)",
 }
 #: Rows left out on purpose by an option; counted, not errors.
 FILTER_KINDS: dict[str, str] = {

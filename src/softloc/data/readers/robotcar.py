@@ -21,7 +21,6 @@ we take the bracketing rows and wrap the heading.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import warnings
@@ -33,8 +32,9 @@ import numpy as np
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from softloc.data.csv_text import read_csv_text, read_text_file
 from softloc.data.images import ImageError
-from softloc.data.places import PlaceTable
+from softloc.data.places import PlaceTable, normalise_split
 from softloc.data.readers.geo import OXFORD, Area, ned_yaw_to_yaw
 from softloc.data.readers.report import (
     DatasetError,
@@ -75,19 +75,18 @@ def read_stereo_timestamps(path: str | os.PathLike[str]) -> tuple[np.ndarray, np
     """
     path = Path(path)
     stamps, chunks = [], []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            try:
-                stamps.append(int(tokens[0]))
-                chunks.append(int(tokens[1]) if len(tokens) > 1 else 0)
-            except ValueError:
-                raise DatasetError(
-                    f"{path}, line {line_no}: expected '<timestamp_us> <chunk>' integers, got "
-                    f"{line.strip()!r}; re-extract the drive's stereo_centre tar"
-                ) from None
+    for line_no, line in enumerate(read_text_file(path, DatasetError).splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            stamps.append(int(tokens[0]))
+            chunks.append(int(tokens[1]) if len(tokens) > 1 else 0)
+        except ValueError:
+            raise DatasetError(
+                f"{path}, line {line_no}: expected '<timestamp_us> <chunk>' integers, got "
+                f"{line.strip()!r}; re-extract the drive's stereo_centre tar"
+            ) from None
     return np.asarray(stamps, dtype=np.int64), np.asarray(chunks, dtype=np.int64)
 
 
@@ -110,29 +109,29 @@ def read_ins(path: str | os.PathLike[str]) -> InsRecords:
         DatasetError: missing columns, no rows, or an unparsable number (file and line named).
     """
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in _NEEDED_INS if c not in header]
-        if missing:
+    text = read_csv_text(path, DatasetError)
+    header = text.header
+    missing = [c for c in _NEEDED_INS if c not in header]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {', '.join(missing)} in the header {header} (as read); "
+            f"expected the RobotCar INS header {','.join(INS_COLUMNS)} (is this gps.csv or "
+            f"rtk.csv instead of ins.csv?){text.separator_hint()}"
+        )
+    column = {c: header.index(c) for c in _NEEDED_INS}
+    values: dict[str, list] = {c: [] for c in _NEEDED_INS}
+    for line_no, row in zip(text.lines, text.rows, strict=True):
+        try:
+            values["timestamp"].append(int(row[column["timestamp"]]))
+            for c in ("northing", "easting", "yaw"):
+                values[c].append(float(row[column[c]]))
+        except ValueError:
             raise DatasetError(
-                f"{path}: missing column(s) {', '.join(missing)}; expected the RobotCar INS "
-                f"header {','.join(INS_COLUMNS)} (is this gps.csv or rtk.csv instead of ins.csv?)"
-            )
-        reader.fieldnames = header
-        values: dict[str, list] = {c: [] for c in _NEEDED_INS}
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                values["timestamp"].append(int(row["timestamp"]))
-                for c in ("northing", "easting", "yaw"):
-                    values[c].append(float(row[c]))
-            except (TypeError, ValueError):
-                raise DatasetError(
-                    f"{path}, line {line_no}: unparsable timestamp/northing/easting/yaw; "
-                    "re-extract the drive's gps tar"
-                ) from None
-            values["ins_status"].append((row["ins_status"] or "").strip())
-            values["utm_zone"].append((row["utm_zone"] or "").strip())
+                f"{path}, line {line_no}: unparsable timestamp/northing/easting/yaw; "
+                "re-extract the drive's gps tar"
+            ) from None
+        values["ins_status"].append(row[column["ins_status"]])
+        values["utm_zone"].append(row[column["utm_zone"]])
     if not values["timestamp"]:
         raise DatasetError(f"{path}: the INS file has no rows; re-extract the drive's gps tar")
     stamps = np.asarray(values["timestamp"], dtype=np.int64)
@@ -372,7 +371,10 @@ def load_robotcar_config(name_or_path: str | os.PathLike[str] | None) -> RobotCa
             f"{name_or_path}: no such RobotCar config file or packaged config; try "
             "'robotcar_paper' or a YAML file with drives/excluded"
         )
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        values = yaml.safe_load(read_text_file(path, DatasetError)) or {}
+    except yaml.YAMLError as error:
+        raise DatasetError(f"{path}: not valid YAML ({error}); fix the file") from None
     return RobotCarConfig.from_dict(values, str(path))
 
 
@@ -506,7 +508,8 @@ def read_robotcar(
             "stereo.timestamps and gps/ins.csv are extracted for the drives you want"
         )
     table = PlaceTable.concat(tables)
-    table = PlaceTable(**{**_columns(table), "split": np.full(len(table), split)}, root=root)
+    table = PlaceTable(**{**_columns(table), "split": np.full(len(table), normalise_split(split))},
+                       root=root)
     lut = read_camera_model(models_dir, config.camera) if models_dir else None
     loader = BayerLoader(config.bayer_pattern, lut)
     zone = (OXFORD.zone_number, OXFORD.zone_letter)
@@ -521,7 +524,7 @@ def _columns(table: PlaceTable) -> dict[str, np.ndarray]:
 def _count_lines(path: Path) -> int:
     if not path.is_file():
         return 0
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
         return sum(1 for line in handle if line.strip())
 
 

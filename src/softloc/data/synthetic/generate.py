@@ -1,8 +1,9 @@
 """Write the town dataset to disk in the canonical layout.
 
 ``OUT/images/<traversal>/<index:05d>.png``, ``OUT/places.csv`` and ``OUT/town.json`` (the
-resolved settings, :meth:`TownConfig.to_dict`). Images are written atomically, and
-``places.csv`` last, so an interrupted run never looks complete. The same config gives the
+resolved settings, :meth:`TownConfig.to_dict`). ``town.json`` is written first (it marks the
+folder as a town's, so a killed run can be rerun there), images atomically, and ``places.csv``
+last, so an interrupted run never looks complete. The same config gives the
 same bytes (on one platform: numpy's vectorised maths may round differently elsewhere).
 """
 
@@ -28,6 +29,7 @@ from softloc.data.synthetic.drives import Drive, plan_drives
 from softloc.data.synthetic.renderer import render_view
 from softloc.data.synthetic.scene import DriveScene, make_drive_scene
 from softloc.data.synthetic.world import World, build_world
+from softloc.output_folders import OutputFolderError, claim_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ def generate_town(
         workers = 1 if total < PARALLEL_MIN_FRAMES else min(_usable_cores(), 4)
     # Remove the table first: until it is written again the folder does not look complete.
     (out / PLACES_FILE).unlink(missing_ok=True)
+    # The settings next: they mark the folder as a town's, so a killed first run can be rerun.
+    write_json(out / TOWN_FILE, config.to_dict())
     for drive in drives:
         (out / "images" / drive.traversal).mkdir(parents=True, exist_ok=True)
     level = config.png_compress_level
@@ -100,7 +104,6 @@ def generate_town(
             _render_parallel(world, drives, out, camera, level, workers, bar.update)
     table = PlaceTable.concat([_drive_table(out, d) for d in drives])
     _remove_stale_images(out, table)
-    write_json(out / TOWN_FILE, config.to_dict())
     write_places(table, out / PLACES_FILE)
     logger.info(
         "wrote %d images of %d drives (route %.0f m, %d buildings) to %s",
@@ -194,12 +197,16 @@ def _drive_table(out: Path, drive: Drive) -> PlaceTable:
 
 
 def _check_target(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; give a folder to write the town into")
-    if out.is_dir() and any(out.iterdir()) and not (out / TOWN_FILE).is_file():
-        raise ValueError(
-            f"{out} is not empty and holds no {TOWN_FILE}; choose an empty folder (or an "
-            "earlier town's folder) so that no other files get mixed with the town"
+    """``out`` must be missing, empty or an earlier town (the one --out rule, plus: a dataset
+    that is not a town, e.g. a prepared one, is not replaced)."""
+    # a prepared dataset holds prepare's report.json: let the check below name it
+    if not claim_output_folder(out, "dataset", allow=("report",)):
+        return
+    if not (out / TOWN_FILE).is_file() or (out / "prepare.json").is_file():
+        raise OutputFolderError(
+            f"{out} is not empty and holds a dataset that is not a town (no {TOWN_FILE}, or a "
+            "prepare.json); nothing was written. Choose an empty folder (or an earlier town's "
+            "folder) for --out so that no other dataset is replaced"
         )
 
 
