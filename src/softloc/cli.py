@@ -476,11 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _describe_os_error(error: OSError) -> str:
     """``path: reason`` of a failed file operation, with the fix for a full or locked disk."""
-    where = error.filename if error.filename is not None else "a file"
     reason = error.strerror or str(error)
-    message = f"{where}: {reason}"
+    message = reason if error.filename is None else f"{error.filename}: {reason}"
     if error.filename2 is not None:
-        message = f"{where} -> {error.filename2}: {reason}"
+        message = f"{error.filename} -> {error.filename2}: {reason}"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         message += "; free space on that disk (what was complete before is kept)"
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -131,6 +131,12 @@ def check_run_folder(
     if not held:
         return RunFolderPlan(out)
     if overwrite:
+        here = Path.cwd().resolve()
+        if here == out.resolve() or out.resolve() in here.parents:
+            raise RunFolderError(
+                f"{out}: --overwrite cannot replace the folder you are working in; run the "
+                "command from another folder"
+            )
         return RunFolderPlan(out, replace=True)
     if not resume:
         names = visible_entries(out)
