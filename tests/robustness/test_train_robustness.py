@@ -435,3 +435,22 @@ def test_a_write_error_is_exit_2_with_the_path(
         f"softloc train: error: {target}: {os.strerror(errno.ENOSPC)}; free space on that disk "
         "(what was complete before is kept)"
     )
+
+
+def test_header_check_judges_jpegs_by_their_end(data: Path) -> None:
+    from PIL import Image
+
+    from softloc.check import header_check
+    from softloc.data.places import read_places
+
+    places = read_places(data)
+    good, cut, padded = (data / "images/reference/00001.png", data / "images/reference/00002.png",
+                         data / "images/reference/00003.png")
+    for path in (good, cut, padded):  # JPEG bytes under the table's names
+        Image.fromarray(load_image(path)).save(path, format="JPEG")
+    blob = cut.read_bytes()
+    cut.write_bytes(blob[: len(blob) - 200])  # truncated: no end marker, and it fails to decode
+    padded.write_bytes(padded.read_bytes() + b"\0" * 4096)  # trailing bytes: decodes fine
+    problems = header_check(places, rows=range(1, 4))
+    assert [p.path for p in problems] == ["images/reference/00002.png"]
+    assert problems[0].line == _line_of(data / "places.csv", "images/reference/00002.png")
