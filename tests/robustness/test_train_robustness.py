@@ -454,3 +454,21 @@ def test_header_check_judges_jpegs_by_their_end(data: Path) -> None:
     problems = header_check(places, rows=range(1, 4))
     assert [p.path for p in problems] == ["images/reference/00002.png"]
     assert problems[0].line == _line_of(data / "places.csv", "images/reference/00002.png")
+
+
+def test_resume_from_a_moved_dataset(data: Path, tmp_path: Path, capsys, caplog) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    assert _run_cli(_train_args(data, out), capsys)[0] == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    caplog.set_level("INFO", logger="softloc")
+    assert _run_cli(_train_args(moved, out, "--resume", steps=6), capsys)[0] == 0
+    assert "data.root" in caplog.text and "the same places.csv" in caplog.text
+    other = tmp_path / "other"
+    _MAKERS.make_drive_table(other, {"reference": "overcast", "night": "night"}, length=80.0)
+    before = _checksums(out)
+    code, _, err = _run_cli(_train_args(other, out, "--resume", steps=8), capsys)
+    assert code == 2 and "data.root" in err and str(out / "config.yaml") in err
+    assert _checksums(out) == before
