@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from softloc.atomic import atomic_path
+from softloc.kill_points import kill_point
 from softloc.models import load_model, save_model
 
 _PREFIX = "step_"
@@ -104,6 +105,7 @@ def save_checkpoint(
     for old in list_checkpoints(folder)[:-keep]:
         for stale in (old, _optim_path(old), _state_path(old), old.with_suffix(".json")):
             stale.unlink(missing_ok=True)
+    kill_point(f"checkpoint:{step}")
     return path
 
 

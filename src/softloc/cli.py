@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -34,7 +35,9 @@ def _cmd_town(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from softloc.check import with_places_line
     from softloc.config import load_config
+    from softloc.data.images import ImageError
     from softloc.train import Trainer
 
     overrides = list(args.set or [])
@@ -47,8 +50,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     config = load_config(args.config, overrides)
-    path = Trainer(config, args.out, progress=not args.quiet).run(resume=args.resume)
+    trainer = Trainer(config, args.out, progress=not args.quiet)
+    try:
+        path = trainer.run(resume=args.resume, overwrite=args.overwrite)
+    except ImageError as error:  # a file the start-up check could not judge: name its line
+        raise ImageError(with_places_line(str(error), trainer.places)) from error
     print(f"model: {path}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from softloc.check import check_images, describe_problems
+    from softloc.data.places import read_places
+
+    places = read_places(args.data)
+    problems = check_images(places, workers=args.workers)
+    if problems:
+        print(describe_problems(problems, places, limit=len(problems)))
+        print(f"{len(problems)} of {len(places)} images cannot be read: replace those files or "
+              "drop their rows from places.csv")
+        return 1
+    print(f"all {len(places)} images of {args.data} decode")
     return 0
 
 
@@ -263,8 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any override, e.g. train.lr=1e-4"
     )
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --out from its last checkpoint (with the same configuration)",
+    )
+    train.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run already in --out (deleted before training starts)",
+    )
     train.set_defaults(func=_cmd_train)
+
+    check = sub.add_parser("check", help="decode every image of a dataset; list the bad ones")
+    check.add_argument("--data", required=True, type=Path, help="dataset folder (places.csv)")
+    check.add_argument("--workers", type=int, help="images decoded at once (default: cores, <= 8)")
+    check.set_defaults(func=_cmd_check)
 
     map_parser = sub.add_parser("map", help="build a map of reference images")
     map_sub = map_parser.add_subparsers(dest="map_command", required=True)
@@ -427,9 +461,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except KeyboardInterrupt:
+        hint = " (the last checkpoint is kept: rerun with --resume)"
+        hint = hint if args.command == "train" else ""
+        print(f"softloc {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError) as error:
         print(f"softloc {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"softloc {args.command}: error: {_describe_os_error(error)}", file=sys.stderr)
+        return 2
+
+
+def _describe_os_error(error: OSError) -> str:
+    """``path: reason`` of a failed file operation, with the fix for a full or locked disk."""
+    reason = error.strerror or str(error)
+    message = reason if error.filename is None else f"{error.filename}: {reason}"
+    if error.filename2 is not None:
+        message = f"{error.filename} -> {error.filename2}: {reason}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message += "; free space on that disk (what was complete before is kept)"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message += "; choose a writable location or fix its permissions"
+    elif error.strerror is None:
+        message = str(error)
+    return message
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,27 @@ DEVICES = ("cpu", "cuda", "auto")
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads ``1e-4``, ``5E-5`` and ``1e+3`` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-4``), so ``lr: 1e-4`` would be
+    the string ``"1e-4"``. YAML 1.2 and every user read it as a number; so do we, in config
+    files and in ``--set`` values alike.
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text as configuration values (see `_YamlLoader`)."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass(frozen=True)
@@ -207,8 +230,19 @@ class TrainConfig:
             raise ConfigError(f"train.device must be one of {choices}; got {self.device!r}")
         if self.steps < 1 or self.steps_per_epoch < 1:
             raise ConfigError("train.steps and train.steps_per_epoch must be >= 1")
-        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be > 0 and finite, e.g. 1e-4; got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
             raise ConfigError("train.lr must be > 0 and train.lr_decay in (0, 1]")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"train.weight_decay must be a finite number >= 0 (0: none); got "
+                f"{self.weight_decay}"
+            )
+        if self.num_threads < 0:
+            raise ConfigError(
+                f"train.num_threads must be >= 0 (0 keeps torch's default); got {self.num_threads}"
+            )
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
             raise ConfigError(
                 "train.checkpoint_every, train.keep_checkpoints and train.log_every must be >= 1"
@@ -258,8 +292,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value.strip())  # e.g. "1e-4" from a YAML 1.1 reader or from Python
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{where}: expected a number, got NaN")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -268,9 +306,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$")
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
+        section = where.rstrip(".") or "config"
+        raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
@@ -312,7 +354,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [part for part in key.strip().split(".") if part]
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
-    return path, yaml.safe_load(raw)
+    try:
+        value = yaml_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from error
+    return path, value
+
+
+def _check_override_target(text: str, path: list[str], value: Any) -> None:
+    """Refuse an override that puts a plain value where the configuration has a section.
+
+    ``train=5`` would otherwise replace the whole ``train`` section, and the error would
+    surface at the next override that sets a key inside it (e.g. the ``--steps`` one).
+    """
+    cls: Any = RunConfig
+    for depth, part in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            return  # inside a free-form mapping (model.options ...): anything goes
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return  # unknown keys are reported, with the valid ones, when the config is built
+        cls = hints[part]
+        is_last = depth == len(path) - 1
+        if is_last and dataclasses.is_dataclass(cls) and not isinstance(value, dict):
+            keys = ", ".join(f"{'.'.join(path)}.{f.name}" for f in dataclasses.fields(cls))
+            raise ConfigError(
+                f"override {text!r}: {'.'.join(path)} is a section, not a value; set one of "
+                f"its keys instead ({keys})"
+            )
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -320,6 +389,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     result = copy.deepcopy(values)
     for text in overrides:
         path, value = parse_override(text)
+        _check_override_target(text, path, value)
         node = result
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -349,18 +419,35 @@ def load_config(
                 f"{path}: no such config file or preset; presets: {available_presets()}"
             )
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
         values = loaded or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    file_values = values
     values = apply_overrides(values, overrides or [])
     try:
         return config_from_dict(values)
     except ConfigError as error:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{error}") from error
+        raise ConfigError(_blame(error, path, file_values, overrides or [])) from error
+
+
+def _blame(
+    error: ConfigError, path: Path | None, file_values: dict[str, Any], overrides: list[str]
+) -> str:
+    """``error``'s message, prefixed with its source: the first override after which it
+    appears (``--set KEY=VALUE``), else the config file."""
+    message = str(error)
+    for count in range(len(overrides) + 1):
+        try:
+            config_from_dict(apply_overrides(file_values, overrides[:count]))
+        except ConfigError as partial:
+            if str(partial) == message:
+                if count == 0:
+                    return f"{path}: {message}" if path is not None else message
+                return f"override {overrides[count - 1]!r}: {message}"
+    return f"{path}: {message}" if path is not None else message
 
 
 def preset_path(name: str) -> Path:

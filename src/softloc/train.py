@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from softloc.check import bad_images_message, header_check
 from softloc.checkpoints import (
     list_checkpoints,
     load_checkpoint,
@@ -37,6 +38,7 @@ from softloc.extract import extract_descriptors, image_store
 from softloc.index import DescriptorIndex
 from softloc.losses import create_loss, loss_options_from_config, loss_trains
 from softloc.models import DescriptorModel, create_model, fit_pca_whitening, save_model
+from softloc.run_folder import check_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -197,15 +199,25 @@ class Trainer:
         )
         return float(accuracy[0, 0])
 
-    def run(self, resume: bool = False) -> Path:
+    def run(self, resume: bool = False, overwrite: bool = False) -> Path:
         """Train, checkpointing as configured; return the final model file.
 
         Args:
-            resume: continue from the last complete checkpoint in the run folder.
+            resume: continue from the last complete checkpoint in the run folder (refused
+                when the configuration changes what that run trains).
+            overwrite: replace a run already in the folder (it is deleted first).
+
+        Raises:
+            RunFolderError: the folder holds a run and neither ``resume`` nor ``overwrite``
+                is given, or ``resume`` changes what it trains (`softloc.run_folder`).
+            TrainingError: an image cannot be read (checked before step 1), a model without
+                parameters meets a loss that trains, or the loss is not finite.
         """
         cfg = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        plan = check_run_folder(self.out, cfg, resume=resume, overwrite=overwrite)
+        self.check_images()
+        self.check_trainable()
+        plan.apply()
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         start = 0
@@ -224,6 +236,8 @@ class Trainer:
                 logger.info("no checkpoint in %s: starting from scratch", self.checkpoint_dir)
             model = self.initial_model().to(self.device)
             optimizer = self._optimizer(model)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
         if not loss_trains(cfg.loss.name):
             logger.info("loss %r trains nothing: keeping the initial weights", cfg.loss.name)
         train_log = _CsvLog(self.out / "train_log.csv", ["step", "loss", "lr", "seconds"], start)
@@ -271,9 +285,47 @@ class Trainer:
         bar.close()
         return self.finish(model)
 
+    def check_images(self) -> None:
+        """Stop before step 1 when an image training reads (training and validation rows) is
+        missing or broken; the error lists them with their places.csv lines."""
+        rows = self.train_rows
+        if self.validation is not None:
+            rows = np.concatenate([rows, self.validation.reference, self.validation.queries])
+        problems = header_check(self.places, rows)
+        if problems:
+            raise TrainingError(bad_images_message(problems, self.places))
+
+    def check_trainable(self) -> None:
+        """Refuse a loss that trains with a model that has no parameters (``raw_pixels``),
+        before anything is written. The model is built on the meta device: no memory, no
+        weights read."""
+        cfg = self.config
+        if not loss_trains(cfg.loss.name):
+            return
+        try:
+            with torch.device("meta"):
+                probe = create_model(cfg.model.name, **cfg.model.options)
+        except Exception:  # noqa: BLE001 - the real build reports its own errors later
+            return
+        if not list(probe.parameters()):
+            raise self._nothing_to_train()
+
+    def _nothing_to_train(self) -> TrainingError:
+        return TrainingError(
+            f"model {self.config.model.name!r} has no parameters, so loss "
+            f"{self.config.loss.name!r} has nothing to train; use --loss off_the_shelf to "
+            "write the model file of this baseline"
+        )
+
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        parameters = list(model.parameters())
+        if not parameters:
+            if loss_trains(self.config.loss.name):
+                raise self._nothing_to_train()
+            # Nothing is optimised (the loop takes no step): a placeholder keeps one code path.
+            parameters = [torch.nn.Parameter(torch.zeros(1))]
         return torch.optim.Adam(
-            model.parameters(), lr=self.config.train.lr, weight_decay=self.config.train.weight_decay
+            parameters, lr=self.config.train.lr, weight_decay=self.config.train.weight_decay
         )
 
     def train_step(

@@ -97,8 +97,14 @@ def load_model(
     """
     from safetensors.torch import load_file
 
+    _check_model_path(Path(path))
     weights = Path(path).with_suffix(WEIGHTS_SUFFIX)
     sidecar_file = sidecar_path(weights)
+    if not sidecar_file.is_file() and not weights.is_file():
+        raise CheckpointError(
+            f"{str(weights)!r}: no such model file (and no sidecar {sidecar_file.name}); "
+            "check the path: a trained model is RUN/model.safetensors"
+        )
     if not sidecar_file.is_file():
         raise CheckpointError(
             f"checkpoint sidecar {str(sidecar_file)!r} is missing: the save was interrupted or "
@@ -136,6 +142,39 @@ def load_model(
         ) from error
     model.to(map_location).eval()
     return model, sidecar
+
+
+def _check_model_path(path: Path) -> None:
+    """Refuse, with a message that says what was given, a path that is no softloc model file.
+
+    A softloc model is two files, ``NAME.safetensors`` (weights) and ``NAME.json`` (the
+    sidecar that rebuilds the network), as written by ``softloc train`` or `save_model`.
+    """
+    if path.is_dir():
+        hint = "give the model file inside it"
+        for candidate in (path / "model.safetensors", path / "model" / "model.safetensors"):
+            if candidate.is_file():
+                hint = f"did you mean {str(candidate)!r}?"
+                break
+        else:
+            if (path / "manifest.json").is_file():
+                hint = "it looks like a map folder; give the model the map was built with"
+            elif (path / "checkpoints").is_dir():
+                hint = (
+                    "it holds checkpoints but no finished model: finish the run with "
+                    "`softloc train --resume`, or give a checkpoints/step_*.safetensors file"
+                )
+        raise CheckpointError(
+            f"{str(path)!r} is a folder, not a model file; softloc model files are "
+            f"NAME.safetensors with a NAME.json sidecar: {hint}"
+        )
+    if path.suffix not in (WEIGHTS_SUFFIX, ".json"):
+        raise CheckpointError(
+            f"{str(path)!r} is not a softloc model file (got a {path.suffix or 'suffix-less'} "
+            f"file); softloc model files are NAME.safetensors with a NAME.json sidecar, as "
+            "written by `softloc train`. Pretrained backbone weights (.pth, .pt) go into "
+            "model.weights of a training configuration instead"
+        )
 
 
 def _sha256(path: Path) -> str:
