@@ -47,7 +47,10 @@ def folder_kinds(folder: str | os.PathLike[str]) -> list[str]:
     if not folder.is_dir():
         return []
     names = set(visible_entries(folder))
-    return [kind for kind, markers in MARKERS.items() if names & set(markers)]
+    kinds = [kind for kind, markers in MARKERS.items() if names & set(markers)]
+    if "dataset" in kinds and "report" in kinds and "index.html" not in names:
+        kinds.remove("report")  # prepare writes its own report.json beside places.csv
+    return kinds
 
 
 def check_writable(folder: str | os.PathLike[str]) -> None:

@@ -88,3 +88,11 @@ def test_unwritable_location_fails_before_anything(
         claim_output_folder(tmp_path / "out", "evaluation")
     assert "writable --out" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prepared_dataset_is_one_dataset(tmp_path: Path) -> None:
+    for name in ("places.csv", "prepare.json", "report.json"):
+        (tmp_path / name).write_text("x")
+    assert folder_kinds(tmp_path) == ["dataset"]
+    with pytest.raises(OutputFolderError, match=r"holds dataset \("):
+        claim_output_folder(tmp_path, "map")
