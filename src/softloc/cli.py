@@ -158,7 +158,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         table = run_margin_sweep(
             parse_model_arguments(args.model), places, args.out, gaps=args.gaps,
             centre=args.centre, num_anchors=args.anchors, split=args.split, seed=args.seed,
-            progress=progress,
+            within=args.within, progress=progress,
         )
     else:
         from softloc.config import load_config
@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     margin.add_argument("--centre", type=float, default=15.0, help="(tau1 + tau2) / 2, metres")
     margin.add_argument("--anchors", type=int, default=200, help="anchors sampled in the split")
     margin.add_argument("--seed", type=int, default=0, help="seed of the anchor sample")
+    margin.add_argument("--within", choices=["traversal", "all"], default="traversal",
+                        help="positives and negatives from the anchor's traversal, or all")
     margin.set_defaults(func=_cmd_sweep)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the procedural town")

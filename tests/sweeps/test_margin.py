@@ -57,6 +57,21 @@ def test_margins_by_hand_with_a_ten_metre_gap() -> None:
     assert summary["violating_share"] == 0.0
 
 
+def test_margins_within_groups_by_hand() -> None:
+    # Two drives: "r" holds images 0, 2, 4 (x = 0, 14, 30), "n" images 1, 3, 5 (5, 16, 60).
+    # tau1 = tau2 = 15 m, candidates from the anchor's own drive only:
+    # anchor 0: pos {2} 1.4; neg {4} 3.0 -> 1.6.   anchor 2: pos {0} 1.4; neg {4} 1.6 -> 0.2
+    # anchor 1: pos {3} 0.7; neg {5} 5.5 -> 4.8.   anchor 3: pos {1} 0.7; neg {5} 4.8 -> 4.1
+    # anchors 4 and 5: nothing of their drive within 15 m.
+    groups = ["r", "n", "r", "n", "r", "n"]
+    margins = anchor_margins(F, POSITIONS, range(6), 15.0, 15.0, groups)
+    assert margins[:4] == pytest.approx([1.6, 4.8, 0.2, 4.1])
+    assert np.isnan(margins[4:]).all()
+    assert summarise_margins(margins)["violating_share"] == 0.0
+    with pytest.raises(ValueError, match="one label per image"):
+        anchor_margins(F, POSITIONS, [0], 15.0, 15.0, groups[:5])
+
+
 def test_rows_use_radii_around_the_centre() -> None:
     rows = margin_rows({"m": F}, POSITIONS, np.arange(6), [0.0, 10.0], centre=15.0)
     assert [(r["tau1_m"], r["tau2_m"]) for r in rows] == [(15.0, 15.0), (10.0, 20.0)]
@@ -97,6 +112,7 @@ def test_cli_sweep_margin_writes_table_and_plot(street, tmp_path: Path) -> None:
         ("untrained", "0.0000"), ("untrained", "4.0000"), ("b", "0.0000"), ("b", "4.0000")]
     document = json.loads((out / "sweep_margin.json").read_text())
     assert document["config"]["num_anchors"] == 20
+    assert document["config"]["within"] == "traversal"
     assert all(r["anchors_used"] == 20 for r in document["rows"])
     # A wider gap drops the hardest positives and negatives: the margin cannot shrink.
     for name in ("untrained", "b"):

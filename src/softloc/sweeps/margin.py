@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_GAPS: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
 DEFAULT_CENTRE = 15.0
 DEFAULT_ANCHORS = 200
+WITHIN = ("traversal", "all")
 COLUMNS = (
     "model", "gap_m", "tau1_m", "tau2_m", "achieved_margin", "median_margin",
     "violating_share", "anchors_used", "anchors_skipped",
@@ -53,6 +54,7 @@ def anchor_margins(
     anchors: Sequence[int] | np.ndarray,
     tau1: float,
     tau2: float,
+    groups: Sequence[object] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Each anchor's margin: nearest negative's minus farthest positive's descriptor distance.
 
@@ -62,6 +64,8 @@ def anchor_margins(
         anchors: indices into the N images.
         tau1: positives are the other images within ``tau1`` metres (``<=``) of the anchor.
         tau2: negatives are the images farther than ``tau2`` metres (``>``); ``tau2 >= tau1``.
+        groups: optional (N,) labels (e.g. traversals); positives and negatives are then
+            taken only among the images of the anchor's own group.
 
     Returns:
         (len(anchors),) float64 margins; NaN for an anchor without a positive or a negative.
@@ -79,13 +83,20 @@ def anchor_margins(
         )
     if not 0.0 <= tau1 <= tau2:
         raise ValueError(f"need 0 <= tau1 <= tau2 (metres), got tau1={tau1}, tau2={tau2}")
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (len(descriptors),):
+            raise ValueError(f"groups must have one label per image, got {groups.shape}")
     margins = np.full(len(anchors), np.nan)
     for k, anchor in enumerate(anchors):
         metres = np.linalg.norm(positions - positions[anchor], axis=1)
         apart = np.linalg.norm(descriptors - descriptors[anchor], axis=1)
-        positive = metres <= tau1
+        candidate = np.ones(len(metres), dtype=bool) if groups is None else (
+            groups == groups[anchor]
+        )
+        positive = candidate & (metres <= tau1)
         positive[anchor] = False
-        negative = metres > tau2
+        negative = candidate & (metres > tau2)
         if positive.any() and negative.any():
             margins[k] = apart[negative].min() - apart[positive].max()
     return margins
@@ -119,13 +130,15 @@ def margin_rows(
     anchors: np.ndarray,
     gaps: Sequence[float],
     centre: float,
+    groups: Sequence[object] | np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (model, gap): the radii and :func:`summarise_margins` of the anchors."""
     rows = []
     for name, values in descriptors.items():
         for gap in gaps:
             tau1, tau2 = radii(float(gap), centre)
-            summary = summarise_margins(anchor_margins(values, positions, anchors, tau1, tau2))
+            margins = anchor_margins(values, positions, anchors, tau1, tau2, groups)
+            summary = summarise_margins(margins)
             rows.append({"model": name, "gap_m": float(gap), "tau1_m": tau1, "tau2_m": tau2,
                          **summary})
     return rows
@@ -198,13 +211,17 @@ def run_margin_sweep(
     num_anchors: int = DEFAULT_ANCHORS,
     split: str = "test",
     seed: int = 0,
+    within: str = "traversal",
     progress: bool = True,
 ) -> str:
     """Margins of several models over the gaps; writes ``sweep_margin.{csv,json,png}``.
 
     The images of ``split`` (every traversal) are described once per model; the same
-    ``num_anchors`` anchors, drawn among them, serve every model and gap, and positives and
-    negatives are taken among all images of the split.
+    ``num_anchors`` anchors, drawn among them, serve every model and gap. Positives and
+    negatives are the images of the anchor's own traversal (``within="traversal"``, the
+    default: the proposition's setting, one continuous drive, no change of condition) or of
+    every traversal of the split (``within="all"``: cross-condition positives then dominate
+    the farthest positive).
 
     Raises:
         ValueError: no models, a negative gap, a gap wider than twice the centre, or a split
@@ -216,6 +233,8 @@ def run_margin_sweep(
         raise ValueError(f"gaps must lie in [0, 2 x centre = {2 * centre:g}] m, got {list(gaps)}")
     if num_anchors < 1:
         raise ValueError(f"the number of anchors must be >= 1, got {num_anchors}")
+    if within not in WITHIN:
+        raise ValueError(f"within must be one of {', '.join(WITHIN)}; got {within!r}")
     claim_output_folder(out, "sweep")
     pool = np.flatnonzero(places.split == split)
     anchors_rows = sample_anchors(places, split, num_anchors, seed)
@@ -224,7 +243,8 @@ def run_margin_sweep(
     descriptors = {
         name: model_descriptors(path, places, pool, progress) for name, path in models.items()
     }
-    rows = margin_rows(descriptors, positions, anchors, gaps, centre)
+    groups = places.traversal[pool] if within == "traversal" else None
+    rows = margin_rows(descriptors, positions, anchors, gaps, centre, groups)
     config = {
         "models": {name: str(path) for name, path in models.items()},
         "data": str(places.root),
@@ -234,12 +254,13 @@ def run_margin_sweep(
         "num_anchors": int(len(anchors)),
         "num_images": int(len(pool)),
         "seed": seed,
+        "within": within,
         "violating": "anchors whose own margin (nearest negative minus farthest positive "
         "descriptor distance) is <= 0, among anchors with a positive and a negative",
     }
     paths = write_sweep_files(Path(out), "margin", COLUMNS, rows, config)
     plot_margins(rows, paths["png"], title=f"margin against the gap around {centre:g} m "
-                 f"({split}, {len(anchors)} anchors)")
+                 f"({split}, {len(anchors)} anchors, within {within})")
     return format_sweep_table(COLUMNS, rows, percent=["violating_share"])
 
 
