@@ -405,12 +405,13 @@ def load_stats():
     return module
 
 
-def decisive_protocol(steps: int | None, lr: float, split: str) -> Protocol:
+def decisive_protocol(steps: int | None, lr: float, split: str, quick: bool = False) -> Protocol:
     """The full protocol with hard mining on (the authors' configuration: 1,000 cached
     images refreshed every 250 steps, half of a tuple's near and far images hard) at ``lr``.
     Test runs validate every 150 steps (their curves show whether training has flattened);
-    the grid runs on the validation region do not."""
-    protocol = full_protocol(steps, lr, mining=True)
+    the grid runs on the validation region do not. ``quick``: the quick town and budget
+    (a smoke test of the pipeline, not a result)."""
+    protocol = (quick_protocol if quick else full_protocol)(steps, lr, mining=True)
     return dataclasses.replace(
         protocol, split=split, val_every=max(1, protocol.steps // 8) if split == "test" else 0
     )
@@ -463,6 +464,7 @@ def run_decisive(
     threads: int,
     runner=None,
     replicates: int = 10000,
+    quick: bool = False,
 ) -> dict[str, Any]:
     """The decisive protocol: grid on validation, chosen rate, seeds on test, statistics.
 
@@ -477,7 +479,7 @@ def run_decisive(
     grid_jobs = []
     for condition in trained:
         for lr in lr_grid:
-            protocol = decisive_protocol(steps, lr, "val")
+            protocol = decisive_protocol(steps, lr, "val", quick)
             grid_jobs.append((condition, GRID_SEED, protocol, out / "grid" / f"lr{lr:g}"))
     grid_results = run_jobs(grid_jobs, dataset, workers, threads, runner)
     for result, (_, _, protocol, _) in zip(grid_results, grid_jobs, strict=True):
@@ -488,7 +490,7 @@ def run_decisive(
     folders = {}
     for condition in conditions:
         lr = chosen.get(condition, lr_grid[0])  # off_the_shelf: the rate is never used
-        protocol = decisive_protocol(steps, lr, "test")
+        protocol = decisive_protocol(steps, lr, "test", quick)
         folders[condition] = out / "final" / f"lr{lr:g}" / "runs" / condition
         final_jobs += [(condition, s, protocol, out / "final" / f"lr{lr:g}") for s in seeds]
     final_results = run_jobs(final_jobs, dataset, workers, threads, runner)
@@ -700,21 +702,24 @@ def main_decisive(args: argparse.Namespace) -> int:
     threads = max(1, (os.cpu_count() or 1) // workers)
     began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    dataset = prepare_town(out, full_protocol(args.steps, 3e-4, True).town)
+    town = (quick_protocol if args.quick else full_protocol)(args.steps, 3e-4, True).town
+    dataset = prepare_town(out, town)
     outcome = run_decisive(args.only or list(CONDITIONS), seeds, args.lr_grid, args.steps,
-                           out, dataset, workers, threads)
-    write_json(HERE / "results.json", {
+                           out, dataset, workers, threads, quick=args.quick)
+    # A --quick run is a smoke test: its files stay in --out, never beside the real table.
+    where = out if args.quick else HERE
+    write_json(where / "results.json", {
         "protocol": "decisive (issue 11)", "lr_grid": args.lr_grid, "seeds": seeds,
         "grid_top1_10m_val": {c: {f"{lr:g}": v for lr, v in g.items()}
                               for c, g in outcome["grid"].items()},
         "losses": outcome["document"],
     })
-    plots = plot_decisive(outcome["document"], HERE, outcome["folders"])
-    report = args.results or HERE / "RESULTS_decisive.md"
+    plots = plot_decisive(outcome["document"], where, outcome["folders"])
+    report = args.results or where / "RESULTS_decisive.md"
     write_decisive_report(report, outcome, seeds, args.lr_grid, workers, threads,
                           time.perf_counter() - began, plots)
     print(decisive_table(outcome["document"]))
-    print(f"wrote {HERE / 'results.json'} and {report}")
+    print(f"wrote {where / 'results.json'} and {report}")
     return 0
 
 
