@@ -79,3 +79,131 @@ def test_a_failed_run_is_reported_not_fatal(bench) -> None:
     table = bench.markdown_table(results, ["triplet", "log_ratio"])
     assert "| triplet |" in table and "| log_ratio |" not in table
     assert "log_ratio seed 1 failed: non-finite loss nan at step 3" in table
+
+
+# ------------------------------------------------------------ the decisive protocol's stats
+
+STATS = SCRIPT.parent / "stats.py"
+
+
+@pytest.fixture(scope="module")
+def stats():
+    spec = importlib.util.spec_from_file_location("bench_losses_stats_test", STATS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lr_choice_by_mean_over_conditions_ties_to_the_smaller_rate(stats) -> None:
+    grid = {1e-4: {"a": 50.0, "b": 70.0},   # mean 60
+            3e-4: {"a": 80.0, "b": 60.0},   # mean 70: best, though not best on "a"
+            1e-3: {"a": 90.0, "b": 40.0}}   # mean 65
+    assert stats.choose_lr(grid) == 3e-4
+    assert stats.choose_lr({1e-3: {"a": 60.0}, 1e-4: {"a": 60.0}}) == 1e-4
+    with pytest.raises(ValueError, match="empty"):
+        stats.choose_lr({})
+
+
+def test_mean_over_conditions_weighs_conditions_not_queries(stats) -> None:
+    # 25 % of 4 queries and 100 % of 2: 62.5, not the pooled 3 / 6 = 50.
+    assert stats.mean_over_conditions({"a": [1, 0, 0, 0], "b": [1, 1]}) == 62.5
+
+
+LOSS_HITS = {0: {"a": [1, 1, 0, 0], "b": [1, 0]}, 1: {"a": [1, 0, 0, 0], "b": [1, 1]}}
+SOFT_HITS = {0: {"a": [1, 0, 0, 0], "b": [0, 0]}, 1: {"a": [1, 0, 0, 0], "b": [1, 0]}}
+
+
+def test_paired_difference_by_hand(stats) -> None:
+    # seed 0: a 50 - 25 = 25, b 50 - 0 = 50 -> 37.5; seed 1: a 0, b 100 - 50 = 50 -> 25.
+    assert stats.paired_difference(LOSS_HITS, SOFT_HITS) == pytest.approx(31.25)
+    with pytest.raises(ValueError, match="same queries"):
+        stats.paired_difference({0: {"a": [1, 0]}}, {0: {"a": [1]}})
+
+
+def test_bootstrap_interval_over_queries_by_hand(stats) -> None:
+    # One seed, one condition, differences (100, 0, 0, 0) points: a replicate's mean is 25 k
+    # with k ~ Binomial(4, 1/4): P(k = 0) = 0.316, P(k <= 2) = 0.949, P(k <= 3) = 0.996, so
+    # the 2.5 % quantile is 0 and the 97.5 % quantile 75.
+    low, high = stats.bootstrap_difference_ci({0: {"a": [1, 0, 0, 0]}},
+                                              {0: {"a": [0, 0, 0, 0]}}, replicates=4000)
+    assert (low, high) == (0.0, 75.0)
+
+
+def test_bootstrap_interval_over_seeds_by_hand(stats) -> None:
+    # Two seeds of one query each, differences 0 and 100: replicate means 0, 50, 100 with
+    # probabilities 1/4, 1/2, 1/4, so the interval is [0, 100].
+    low, high = stats.bootstrap_difference_ci({0: {"a": [1]}, 1: {"a": [1]}},
+                                              {0: {"a": [1]}, 1: {"a": [0]}}, replicates=4000)
+    assert (low, high) == (0.0, 100.0)
+    # Identical differences everywhere: no spread at all.
+    same = {s: {"a": [1, 1], "b": [1]} for s in range(3)}
+    none = {s: {"a": [0, 0], "b": [0]} for s in range(3)}
+    assert stats.bootstrap_difference_ci(same, none, replicates=200) == (100.0, 100.0)
+
+
+def test_loss_summary_has_the_issue_schema(stats) -> None:
+    entry = stats.loss_summary([1e-4, 3e-4], 3e-4, LOSS_HITS, SOFT_HITS, replicates=500)
+    assert set(entry) >= {"lr_grid", "lr", "seeds", "per_seed", "mean_top1_10m",
+                          "diff_to_soft_ci95", "per_condition"}
+    assert entry["seeds"] == [0, 1]
+    # seed 0: a 2/4 = 50, b 1/2 = 50 -> 50; seed 1: a 1/4 = 25, b 2/2 = 100 -> 62.5.
+    assert entry["per_seed"] == [50.0, 62.5] and entry["mean_top1_10m"] == 56.25
+    assert entry["per_condition"]["a"] == {"per_seed": [50.0, 25.0], "mean": 37.5}
+    assert entry["per_condition"]["b"] == {"per_seed": [50.0, 100.0], "mean": 75.0}
+    low, high = entry["diff_to_soft_ci95"]
+    assert entry["diff_to_soft"] == pytest.approx(31.25)
+    assert low <= entry["diff_to_soft"] <= high
+    assert entry["ci_width_ok"] == (high - low <= 6.0)
+
+
+def test_decisive_protocol_chooses_rates_then_pairs_every_loss_with_soft(bench, stats,
+                                                                       tmp_path) -> None:
+    """Orchestration with a stand-in for training: grid on val, chosen rate on test."""
+    best = {"triplet": 1e-3, "soft_sigmoid": 3e-4}
+    calls = []
+
+    def fake_run(condition, seed, protocol, dataset, out, threads):
+        calls.append((condition, seed, protocol.lr, protocol.split, protocol.mining, out))
+        good = protocol.lr == best.get(condition)
+        top1 = 0.8 if good else 0.5
+        hits = {"overcast": [1, 1, 1, 0] if condition == "triplet" else [1, 1, 0, 0],
+                "night": [1, 0] if seed % 2 else [0, 0]}
+        metrics = {q: {"top1": {"10": top1}} for q in ("overcast", "night")}
+        return {"condition": condition, "seed": seed, "lr": protocol.lr, "metrics": metrics,
+                "hits": hits}
+
+    outcome = bench.run_decisive(["off_the_shelf", "triplet"], [0, 1, 2],
+                                 [1e-4, 3e-4, 1e-3], None, tmp_path, tmp_path, 1, 1,
+                                 runner=fake_run, replicates=300)
+    grid_calls = [c for c in calls if c[3] == "val"]
+    assert len(grid_calls) == 2 * 3 and all(c[1] == 0 for c in grid_calls)  # off_the_shelf: none
+    assert all(c[4] for c in calls), "hard mining is on for every run"
+    assert outcome["chosen_lr"] == best
+    final = [c for c in calls if c[3] == "test"]
+    assert sorted((c[0], c[1]) for c in final) == sorted(
+        (n, s) for n in ("off_the_shelf", "triplet", "soft_sigmoid") for s in (0, 1, 2))
+    assert {c[2] for c in final if c[0] == "triplet"} == {1e-3}
+    document = outcome["document"]
+    assert document["soft_sigmoid"]["diff_to_soft_ci95"] == [0.0, 0.0]
+    # triplet: overcast 75 % against the soft loss's 50 %, night equal, on every seed: the
+    # difference is (25 + 0) / 2 = 12.5 points.
+    assert document["triplet"]["diff_to_soft"] == pytest.approx(12.5)
+    assert document["off_the_shelf"]["lr"] is None and document["off_the_shelf"]["lr_grid"] == []
+    table = bench.decisive_table(document)
+    assert "| triplet | 0.001 |" in table and "+12.5 [" in table
+    plots = bench.plot_decisive(document, tmp_path, outcome["folders"])
+    assert all(p.stat().st_size > 0 for p in plots)
+
+
+def test_per_query_hits_agree_with_the_evaluation(bench, street, tmp_path) -> None:
+    from softloc.evaluation.protocol import evaluate_map
+    from softloc.localize import build_map
+    from softloc.models import create_model, save_model
+
+    model = save_model(create_model("small_gem", image_size=(32, 24)), tmp_path / "m.safetensors")
+    map_dir = build_map(model, street, tmp_path / "map", split="test", progress=False)
+    metrics, hits = bench.evaluate_with_hits(map_dir, street, "test")
+    assert metrics == evaluate_map(map_dir, street, split="test", progress=False)
+    for condition, values in hits.items():
+        assert len(values) == metrics[condition]["num_queries"]
+        assert statistics.mean(values) == pytest.approx(metrics[condition]["top1"]["10"])

@@ -174,6 +174,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             reference_traversal=args.traversal, protocol=_sweep_protocol(args),
             progress=progress,
         )
+    elif args.sweep_command == "margin":
+        from softloc.sweeps.margin import parse_model_arguments, run_margin_sweep
+
+        table = run_margin_sweep(
+            parse_model_arguments(args.model), places, args.out, gaps=args.gaps,
+            centre=args.centre, num_anchors=args.anchors, split=args.split, seed=args.seed,
+            within=args.within, progress=progress,
+        )
     else:
         from softloc.config import load_config
         from softloc.sweeps.sensitivity import parse_tuple_size, run_sensitivity_sweep
@@ -405,6 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
             "--whitening-traversal", action="append", help="fit on this traversal only (repeat)"
         )
         one.set_defaults(func=_cmd_sweep)
+    margin = sweep_sub.add_parser(
+        "margin", help="Proposition 3.3: achieved descriptor margin against the gap tau2 - tau1"
+    )
+    margin.add_argument("--model", required=True, nargs="+", metavar="NAME=PATH",
+                        help="model .safetensors files (NAME= optional: default its folder)")
+    margin.add_argument("--data", required=True, type=Path, help="dataset folder")
+    margin.add_argument("--out", required=True, type=Path, help="sweep folder")
+    margin.add_argument("--split", default="test", help="split whose images are used")
+    margin.add_argument("--gaps", nargs="+", type=float, default=[0.0, 1.0, 2.0, 5.0, 10.0, 20.0])
+    margin.add_argument("--centre", type=float, default=15.0, help="(tau1 + tau2) / 2, metres")
+    margin.add_argument("--anchors", type=int, default=200, help="anchors sampled in the split")
+    margin.add_argument("--seed", type=int, default=0, help="seed of the anchor sample")
+    margin.add_argument("--within", choices=["traversal", "all"], default="traversal",
+                        help="positives and negatives from the anchor's traversal, or all")
+    margin.set_defaults(func=_cmd_sweep)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the procedural town")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -177,7 +177,8 @@ class LossConfig:
         name: ``soft_contrastive``, ``triplet`` ...
         influence: influence function of the soft loss (``sigmoid``, ``linear``, ``tanh``,
             ``step``); ignored by losses that take none.
-        influence_options: keyword arguments of the influence function.
+        influence_options: keyword arguments of the influence function, e.g. ``near_cutoff``
+            (metres beyond which its near weight is exactly 0; ``.inf`` for none).
         options: keyword arguments of the loss.
     """
 

@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 PAIR_REDUCTIONS = ("sum", "mean")
+LOG_RATIO_PAIRINGS = ("intended", "authors")
 
 
 def _check_radii(near_radius: float, far_radius: float) -> None:
@@ -123,6 +124,7 @@ def log_ratio_loss(
     far_radius: float = 15.0,
     pairs: str = "near_far",
     eps: float = 1e-6,
+    pairing: str = "intended",
 ) -> torch.Tensor:
     """Log-ratio loss (Kim, Kim, Cho, Kwak, CVPR 2019) with the anchor in row 0.
 
@@ -133,9 +135,23 @@ def log_ratio_loss(
 
     over (near i, far j) pairs (``pairs="near_far"``, the authors' ``logratio_loss``) or over
     every pair i < j of non-anchor rows (``"all"``, the paper's dense triplet sampling).
+
+    ``pairing="authors"`` (with ``pairs="near_far"`` only) reproduces what the authors' code
+    computes instead: its ``tf.div(squared_pos_dists, tf.transpose(squared_neg_dists))``
+    divides the k-th near image's squared metric distance by the k-th far image's, element by
+    element, and that ratio is then broadcast over the descriptor ratios, so the pair
+    (near i, far j) uses ``log(g_{near j} / g_{far j})``, near image j's metric distance in
+    place of near image i's. That needs as many near as far images (P == N, where their code
+    runs); otherwise ``ValueError``.
     """
     _check_radii(near_radius, far_radius)
     _choice("pairs", pairs, ("near_far", "all"))
+    _choice("pairing", pairing, LOG_RATIO_PAIRINGS)
+    if pairing == "authors" and pairs != "near_far":
+        raise ValueError(
+            "pairing='authors' reproduces the authors' logratio_loss, which uses (near, far) "
+            "pairs only; use pairs='near_far' with it, or pairing='intended'"
+        )
     _real("eps", eps, minimum=0.0, strict=True)
     descriptors, distances = prepare_tuple(descriptors, distances)
     is_near, is_far = split_by_anchor(distances, near_radius, far_radius, "the log-ratio loss")
@@ -143,12 +159,35 @@ def log_ratio_loss(
     log_metric = (distances[0, 1:].pow(2) + eps).log()
     if pairs == "near_far":
         feature_ratio = log_feature[is_near][:, None] - log_feature[is_far][None, :]
-        metric_ratio = log_metric[is_near][:, None] - log_metric[is_far][None, :]
+        if pairing == "authors":
+            metric_ratio = _authors_metric_ratio(log_metric[is_near], log_metric[is_far])
+        else:
+            metric_ratio = log_metric[is_near][:, None] - log_metric[is_far][None, :]
     else:
         i, j = torch.triu_indices(len(log_feature), len(log_feature), 1).to(log_feature.device)
         feature_ratio = log_feature[i] - log_feature[j]
         metric_ratio = log_metric[i] - log_metric[j]
     return (feature_ratio - metric_ratio).pow(2).mean()
+
+
+def _authors_metric_ratio(log_near: torch.Tensor, log_far: torch.Tensor) -> torch.Tensor:
+    """(P, N) metric log-ratios as the authors' code pairs them: entry (i, j) is
+    ``log g_{near j} - log g_{far j}`` (the same for every near image i).
+
+    Raises:
+        ValueError: P != N; the element-wise division of their code needs equal counts.
+    """
+    n_near, n_far = len(log_near), len(log_far)
+    if n_near != n_far:
+        raise ValueError(
+            "pairing='authors' reproduces the authors' tf.div(squared_pos_dists, "
+            "tf.transpose(squared_neg_dists)), which divides the k-th near image's squared "
+            "metric distance by the k-th far image's, element by element; that is defined "
+            f"only for as many near as far images, and this tuple has {n_near} near and "
+            f"{n_far} far (set tuples.n_near = tuples.n_far, or use pairing='intended')"
+        )
+    per_far = log_near - log_far
+    return per_far[None, :].expand(n_near, n_far)
 
 
 def multi_similarity_loss(
@@ -194,9 +233,12 @@ def _validated(function, **options):
     """Run ``function`` once on a tiny valid tuple so bad options fail at construction."""
     near = options.get("near_radius", options.get("radius", 15.0))
     far = options.get("far_radius", near)
-    metres = torch.tensor([0.0, 0.5 * near, far + 1.0, far + 2.0], dtype=torch.float64)
+    # As many near as far rows, so the log-ratio loss's pairing="authors" can run too.
+    metres = torch.tensor(
+        [0.0, 0.5 * near, 0.25 * near, far + 1.0, far + 2.0], dtype=torch.float64
+    )
     distances = (metres[:, None] - metres[None, :]).abs()
-    function(torch.eye(4, dtype=torch.float64), distances, **options)
+    function(torch.eye(5, dtype=torch.float64), distances, **options)
     return options
 
 
@@ -255,6 +297,9 @@ class LogRatioLoss(OptionsLoss):
     Args:
         near_radius, far_radius: metres (``tuples.*`` in a run).
         pairs: ``"near_far"`` (the authors' baseline) or ``"all"`` (dense). eps: 1e-6.
+        pairing: ``"intended"`` (default: the formula of the paper) or ``"authors"`` (the
+            element-wise pairing their TensorFlow code computes; needs as many near as far
+            images in every tuple).
     """
 
     function = staticmethod(log_ratio_loss)
@@ -266,9 +311,11 @@ class LogRatioLoss(OptionsLoss):
         far_radius: float = 15.0,
         pairs: str = "near_far",
         eps: float = 1e-6,
+        pairing: str = "intended",
     ) -> None:
         super().__init__(**_validated(
-            log_ratio_loss, near_radius=near_radius, far_radius=far_radius, pairs=pairs, eps=eps
+            log_ratio_loss, near_radius=near_radius, far_radius=far_radius, pairs=pairs,
+            eps=eps, pairing=pairing,
         ))
 
 
