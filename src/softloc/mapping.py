@@ -307,7 +307,7 @@ class Map:
                 not a map's, is a file; or a write failed (disk full, read-only): the message
                 names the path and the reason, and the old map is unchanged.
         """
-        folder = Path(folder)
+        folder = Path(os.path.abspath(folder))  # ``.`` or ``x/..`` have no name to rename
         if folder.is_symlink():
             folder = folder.resolve()
         extras = {name: Path(source) for name, source in (model_files or {}).items()}

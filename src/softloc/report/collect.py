@@ -25,7 +25,7 @@ from softloc.atomic import atomic_path
 from softloc.data.places import PlaceTable
 from softloc.evaluation.protocol import model_names
 from softloc.localize import MAP_MODEL, build_map
-from softloc.mapping import MANIFEST_FILE, sha256_file
+from softloc.mapping import MANIFEST_FILE, Map, MapError, sha256_file
 from softloc.train import FINAL_MODEL
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,17 @@ def _maps_in(folder: Path) -> list[Path]:
 
 
 def _cached_map(model_path: Path, map_dir: Path) -> bool:
-    """Whether ``map_dir`` is a complete map built from exactly this model file."""
+    """Whether ``map_dir`` is a complete, intact map built from exactly this model file.
+
+    A map that does not load (damaged, or written by an older softloc) is rebuilt.
+    """
     copy = map_dir / MAP_MODEL
     if not (map_dir / MANIFEST_FILE).is_file() or not copy.is_file():
+        return False
+    try:
+        Map.load(map_dir)
+    except MapError as error:
+        logger.info("rebuilding the map %s: %s", map_dir, error)
         return False
     return sha256_file(copy) == sha256_file(model_path)
 
