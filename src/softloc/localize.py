@@ -2,7 +2,9 @@
 
 A map folder (see :mod:`softloc.mapping`) also holds a copy of the model that described its
 references (``model.safetensors`` + ``model.json``), so localizing needs nothing but the map
-folder and the query images.
+folder and the query images. A query image that cannot be read (missing, a folder, undecodable,
+over Pillow's decompression-bomb limit) is reported by :func:`localize_all` and the others are
+still localized.
 """
 
 from __future__ import annotations

@@ -314,6 +314,11 @@ class Map:
         unknown = sorted(set(extras) - set(MODEL_FILES))
         if unknown:
             raise MapError(f"cannot add {unknown} to a map; it holds {list(MODEL_FILES)} only")
+        absent = [str(source) for source in extras.values() if not source.is_file()]
+        if absent:
+            raise MapError(f"{absent[0]}: no such file to copy into the map; give a model "
+                           "written by `softloc train` (its .safetensors and .json side by side)")
+        recover_interrupted_save(folder)
         check_map_target(folder, overwrite=overwrite)
         staging: Path | None = None
         aside: Path | None = None
@@ -355,7 +360,7 @@ class Map:
                 if folder.exists():
                     shutil.rmtree(aside, ignore_errors=True)
                 else:
-                    os.rename(aside, folder)
+                    _restore(aside, folder)
         logger.info("saved a map of %d references to %s", len(self), folder)
         return folder
 
@@ -576,6 +581,15 @@ def recover_interrupted_save(folder: str | os.PathLike[str]) -> None:
                 remove_stale_temporaries(folder / name)
     except OSError as error:
         logger.debug("could not clean up after an interrupted save of %s: %s", folder, error)
+
+
+def _restore(aside: Path, folder: Path) -> None:
+    """Rename the old map back after a failed save; if even that fails, say where it is."""
+    try:
+        os.rename(aside, folder)
+    except OSError as error:
+        logger.error("%s: could not move the old map back (%s); it is in %s: rename it back",
+                     folder, error.strerror or error, aside)
 
 
 def _kill_point(stage: str) -> None:
