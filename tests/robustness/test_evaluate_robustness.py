@@ -133,3 +133,19 @@ def test_evaluating_a_map_on_another_dataset_warns(street, tmp_path, map_dir, ca
     with caplog.at_level(logging.WARNING):  # the map's own dataset: no warning
         assert main(commands(map_dir, tmp_path, tmp_path / "eval2")["evaluate"]) == 0
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_report_rebuilds_a_cached_map_that_no_longer_loads(street, tmp_path) -> None:
+    from softloc.report.collect import resolve_runs
+    from softloc.train import FINAL_MODEL
+
+    run = tmp_path / "run"
+    save_model(create_model("small_gem", image_size=(32, 24)), run / FINAL_MODEL)
+    out = tmp_path / "report"
+    (built,) = resolve_runs([run], street, out, progress=False)
+    manifest_path = built.map_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 1}))  # an older map
+    (again,) = resolve_runs([run], street, out, progress=False)
+    assert again.map_dir == built.map_dir
+    assert json.loads(manifest_path.read_text())["format_version"] == 2  # rebuilt, loads
