@@ -6,7 +6,9 @@ Temporaries are hidden siblings of their target named after their writer,
 ``.{target}.p{pid}-{host}.{random}{suffix}`` (suffix ``.tmp`` for files), so that the
 temporaries a killed writer left behind can be told from those of a live one: before each write
 (and when a map is opened) the stale temporaries of the same target are removed, those of a
-writer that is still running never are. See :func:`stale_temporaries` for the rule.
+writer that is still running never are. See :func:`stale_temporaries` for the rule. A process
+sweeps each folder it writes into once, at its first write there (a folder of a million images
+is not listed again for every image).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +68,21 @@ def stale_temporaries(target: str | os.PathLike[str], suffix: str = ".tmp") -> l
     never stale, so a concurrent writer is never disturbed.
     """
     target = Path(target)
-    folder = target.parent
+    return _stale(target.parent, re.escape(target.name), suffix)
+
+
+def stale_temporaries_in(folder: str | os.PathLike[str], suffix: str = ".tmp") -> list[Path]:
+    """:func:`stale_temporaries` of every target in ``folder``."""
+    return _stale(Path(folder), r"[^/]+?", suffix)
+
+
+def _stale(folder: Path, name_pattern: str, suffix: str) -> list[Path]:
     if not folder.is_dir():
         return []
     named = re.compile(
-        rf"^\.{re.escape(target.name)}\.p(\d+)-([A-Za-z0-9_-]+)\.[^.]+{re.escape(suffix)}$"
+        rf"^\.{name_pattern}\.p(\d+)-([A-Za-z0-9_-]+)\.[^.]+{re.escape(suffix)}$"
     )
-    legacy = re.compile(rf"^\.{re.escape(target.name)}\.[^.]+{re.escape(suffix)}$")
+    legacy = re.compile(rf"^\.{name_pattern}\.[^.]+{re.escape(suffix)}$")
     host = _host()
     now = time.time()
     stale = []
@@ -100,8 +111,23 @@ def remove_stale_temporaries(target: str | os.PathLike[str], suffix: str = ".tmp
 
     Best effort: a read-only folder or a file removed meanwhile is skipped silently.
     """
+    return _remove(stale_temporaries(target, suffix), str(target))
+
+
+def remove_stale_temporaries_in(folder: str | os.PathLike[str], suffix: str = ".tmp") -> int:
+    """Delete :func:`stale_temporaries_in` ``folder``; return how many (never raises OSError)."""
+    return _remove(stale_temporaries_in(folder, suffix), str(folder))
+
+
+@lru_cache(maxsize=4096)
+def _sweep_once(folder: str) -> int:
+    """:func:`remove_stale_temporaries_in` ``folder``, once per process and folder."""
+    return remove_stale_temporaries_in(folder)
+
+
+def _remove(paths: list[Path], where: str) -> int:
     removed = 0
-    for path in stale_temporaries(target, suffix):
+    for path in paths:
         try:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -111,8 +137,8 @@ def remove_stale_temporaries(target: str | os.PathLike[str], suffix: str = ".tmp
         except OSError:
             continue
     if removed:
-        logger.info("removed %d stale temporar%s of %s left by a killed writer", removed,
-                    "y" if removed == 1 else "ies", target)
+        logger.info("removed %d stale temporar%s in %s left by a killed writer", removed,
+                    "y" if removed == 1 else "ies", where)
     return removed
 
 
@@ -120,11 +146,12 @@ def remove_stale_temporaries(target: str | os.PathLike[str], suffix: str = ".tmp
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
-    Stale temporaries of ``path`` left by killed writers are removed first.
+    Stale temporaries left by killed writers in the folder are removed first (at this
+    process's first write into that folder).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
+    _sweep_once(os.path.abspath(target.parent))
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)

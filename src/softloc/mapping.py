@@ -46,6 +46,7 @@ import numpy as np
 
 from softloc.atomic import (
     remove_stale_temporaries,
+    remove_stale_temporaries_in,
     stale_temporaries,
     temporary_prefix,
     usual_permissions,
@@ -577,8 +578,7 @@ def recover_interrupted_save(folder: str | os.PathLike[str]) -> None:
         remove_stale_temporaries(folder, ASIDE_SUFFIX)
         remove_stale_temporaries(folder, STAGING_SUFFIX)
         if folder.is_dir():
-            for name in MAP_FILES:
-                remove_stale_temporaries(folder / name)
+            remove_stale_temporaries_in(folder)
     except OSError as error:
         logger.debug("could not clean up after an interrupted save of %s: %s", folder, error)
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from softloc.atomic import temporary_prefix, write_text
+from softloc.atomic import _sweep_once, temporary_prefix, write_text
 from softloc.cli import main
 from softloc.localize import build_map
 from softloc.mapping import (
@@ -212,15 +212,18 @@ def test_stale_temporaries_of_killed_writers_are_removed(old_map) -> None:
     Map.load(old_map)
     assert not stale.exists() and not legacy_old.exists() and not staging.exists()
     assert live.exists() and legacy_new.exists()  # a live writer is never disturbed
-    # the next atomic write of the same target cleans up too, and leaves other targets alone
+    # a process's first atomic write into a folder sweeps it the same way
     stale.write_text("half")
     other = old_map / (temporary_prefix(old_map / "places.csv")
                        .replace(f".p{os.getpid()}-", f".p{dead.pid}-") + "abc.tmp")
     other.write_text("half")
-    write_text(old_map / "manifest.json.copy", "x")  # another target: nothing removed
-    assert stale.exists() and other.exists()
+    _sweep_once.cache_clear()  # as in a new process
     write_text(old_map / MANIFEST_FILE, (old_map / MANIFEST_FILE).read_text())
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and not other.exists()
+    assert live.exists() and legacy_new.exists()
+    stale.write_text("half")  # later writes of this process do not list the folder again
+    write_text(old_map / MANIFEST_FILE, (old_map / MANIFEST_FILE).read_text())
+    assert stale.exists()
 
 
 def test_ivf_options_on_the_command_line(street, tmp_path, capsys) -> None:
