@@ -15,6 +15,7 @@ from softloc.mapping import (
     PLACES_FILE,
     Map,
     MapError,
+    file_record,
     sha256_file,
 )
 
@@ -127,13 +128,23 @@ def test_load_names_a_missing_file(tmp_path, refs, missing) -> None:
 def test_load_rejects_corrupt_or_inconsistent_files(tmp_path, refs) -> None:
     folder = Map.build(refs, make_places(60), META).save(tmp_path / "map")
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
+
+    def restamp() -> None:  # a manifest that lists the damaged files: the checks behind it
+        files = {name: file_record(folder / name) for name in manifest["files"]}
+        (folder / MANIFEST_FILE).write_text(json.dumps({**manifest, "files": files}))
+
     (folder / INDEX_FILE).write_bytes(b"garbage")
+    with pytest.raises(MapError, match=f"{INDEX_FILE}: 7 bytes, the manifest says"):
+        Map.load(folder)
+    restamp()
     with pytest.raises(MapError, match=f"{INDEX_FILE}.*not a readable FAISS index"):
         Map.load(folder)
     (folder / DESCRIPTORS_FILE).write_bytes(b"garbage")
+    restamp()
     with pytest.raises(MapError, match=f"{DESCRIPTORS_FILE}.*unreadable"):
         Map.load(folder)
     np.save(folder / DESCRIPTORS_FILE, refs[:50])
+    restamp()
     with pytest.raises(MapError, match="manifest says"):
         Map.load(folder)
     (folder / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 99}))

@@ -88,25 +88,37 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         index_kind=args.index,
         progress=not args.quiet,
+        index_options={k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe),
+                                         ("nbits", args.nbits), ("m", args.pq_m)) if v is not None},
     )
     print(f"map: {out}")
     return 0
 
 
 def _cmd_localize(args: argparse.Namespace) -> int:
-    from softloc.localize import localize_images
+    from softloc.localize import QueryFailure, expand_image_arguments, localize_all
 
-    for result in localize_images(args.map, args.images, k=args.top_k):
-        print(result.describe())
-    return 0
+    outcomes = localize_all(args.map, expand_image_arguments(args.images), k=args.top_k)
+    for outcome in outcomes:
+        if isinstance(outcome, QueryFailure):
+            print(f"softloc localize: error: {outcome.describe()}", file=sys.stderr)
+        else:
+            print(outcome.describe())
+    failed = sum(isinstance(outcome, QueryFailure) for outcome in outcomes)
+    if failed:
+        print(f"softloc localize: {failed} of {len(outcomes)} image(s) could not be localized",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from softloc.data.places import read_places
-    from softloc.evaluation.protocol import evaluate_maps
+    from softloc.evaluation.protocol import evaluate_maps, model_names
+    from softloc.output_folders import claim_output_folder
 
+    claim_output_folder(args.out, "evaluation")  # before reading anything
     places = read_places(args.data)
-    maps = {Path(m).name: Path(m) for m in args.map}
+    maps = dict(zip(model_names(args.map), map(Path, args.map), strict=True))
     table = evaluate_maps(maps, places, args.out, split=args.split, progress=not args.quiet)
     print(table)
     return 0
@@ -202,9 +214,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from softloc.explain.failures import write_failures
     from softloc.explain.gradcam import gradcam_row, write_gradcam
     from softloc.explain.movie import write_movie
+    from softloc.explain.output import claim_pictures_folder
     from softloc.explain.queries import retrieve
     from softloc.explain.tsne import write_tsne
 
+    claim_pictures_folder(args.out)
     places = read_places(args.data)
     retrievals = [
         retrieve(m, places, args.split, condition=args.condition, progress=not args.quiet)
@@ -320,12 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--spacing", type=float, default=0.0, help="keep references at least this far apart (m)"
     )
     build.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
+    build.add_argument("--nlist", type=int, help="ivf/ivfpq: cells (default about 4 sqrt(N))")
+    build.add_argument("--nprobe", type=int, help="ivf/ivfpq: cells searched per query (8)")
+    build.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
+    build.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
     build.set_defaults(func=_cmd_map_build)
 
     localize = sub.add_parser("localize", help="estimate the position of query images")
     localize.add_argument("--map", required=True, type=Path, help="map folder")
     localize.add_argument("--top-k", type=int, default=5)
-    localize.add_argument("images", nargs="+", type=Path)
+    localize.add_argument("images", nargs="+", type=Path,
+                          help="query images (a folder stands for the images in it)")
     localize.set_defaults(func=_cmd_localize)
 
     evaluate = sub.add_parser("evaluate", help="top-N accuracy per condition")

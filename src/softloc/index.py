@@ -110,8 +110,8 @@ class DescriptorIndex:
             raise DescriptorIndexError(f"nlist and nprobe must be >= 1, got {nlist}, {nprobe}")
         if kind == "ivfpq" and (m < 1 or dim % m != 0):
             raise DescriptorIndexError(
-                f"ivfpq needs m (sub-vectors) to divide dim = {dim}, got m = {m}; pick e.g. "
-                f"m = {math.gcd(dim, 16)}"
+                f"ivfpq needs m (sub-vectors, `map build --pq-m`) to divide dim = {dim}, got "
+                f"m = {m}; pick e.g. m = {math.gcd(dim, 16)}"
             )
         if kind == "ivfpq" and not 1 <= nbits <= 16:
             raise DescriptorIndexError(f"nbits must lie in [1, 16], got {nbits}")
@@ -176,7 +176,8 @@ class DescriptorIndex:
         if len(x) < needed:
             raise DescriptorIndexError(
                 f"training a {self.kind} index needs at least {needed} descriptors, got "
-                f"{len(x)}; lower nlist (or nbits) or use kind='flat' for a small map"
+                f"{len(x)}; lower nlist (`map build --nlist`) or nbits (`--nbits`), or use "
+                "the flat index (`--index flat`) for a small map"
             )
         if len(x) < 39 * self.nlist:
             logger.warning(

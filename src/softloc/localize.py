@@ -2,28 +2,38 @@
 
 A map folder (see :mod:`softloc.mapping`) also holds a copy of the model that described its
 references (``model.safetensors`` + ``model.json``), so localizing needs nothing but the map
-folder and the query images.
+folder and the query images. A query image that cannot be read (missing, a folder, undecodable,
+over Pillow's decompression-bomb limit) is reported by :func:`localize_all` and the others are
+still localized.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from softloc.atomic import atomic_path
+from softloc.data.images import ImageError
 from softloc.data.places import PlaceTable
 from softloc.data.tuples import subsample_by_spacing
 from softloc.extract import extract_descriptors, image_store
-from softloc.mapping import Map, MapError
+from softloc.mapping import MODEL_FILES, Map, MapError, check_map_target
 from softloc.models import load_model
+from softloc.output_folders import claim_output_folder
 
-MAP_MODEL = "model.safetensors"
+logger = logging.getLogger(__name__)
+
+MAP_MODEL = MODEL_FILES[0]
+#: File name endings taken as images when a folder is given to :func:`expand_image_arguments`.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Query images described at a time by :func:`localize_all`.
+BATCH_SIZE = 64
 
 
 def select_references(
@@ -54,8 +64,14 @@ def build_map(
     batch_size: int = 64,
     progress: bool = True,
     overwrite: bool = True,
+    index_options: dict[str, int] | None = None,
 ) -> Path:
     """Describe the reference images with a model and save them as a map folder.
+
+    ``out`` is claimed first (:func:`~softloc.output_folders.claim_output_folder`): it must be
+    missing, empty or a map (it may hold map files only), and writable, so a mistyped ``--out``
+    (a dataset, a training run) is refused before any work. The map, with a copy of the model,
+    replaces an old one in one rename (:meth:`Map.save`).
 
     Args:
         model_path: a model file written by ``softloc train`` (``.safetensors``).
@@ -64,7 +80,12 @@ def build_map(
         split, traversal: which images are references.
         spacing: keep references at least this many metres apart along the drive.
         index_kind: FAISS index kind (``flat``, ``ivf``, ``ivfpq``).
+        overwrite: replace a map already in ``out``.
+        index_options: ``nlist``, ``nprobe``, ``m``, ``nbits`` of an IVF index.
     """
+    # a map folder holds places.csv and model.* too, the markers of a dataset and a run
+    claim_output_folder(out, "map", allow=("dataset", "training run"))
+    check_map_target(out, overwrite=overwrite)
     model, _ = load_model(model_path)
     refs = select_references(places, split, traversal, spacing)
     store = image_store(model, [refs.image_path(i) for i in range(len(refs))])
@@ -72,12 +93,10 @@ def build_map(
         model, store, batch_size=batch_size, progress=progress, desc="map"
     )
     meta = {**model.meta, "source": str(model_path)}
-    out = Map.build(descriptors, refs, meta, index_kind=index_kind).save(out, overwrite=overwrite)
-    for suffix in (".safetensors", ".json"):
-        source = Path(model_path).with_suffix(suffix)
-        with atomic_path(out / Path(MAP_MODEL).with_suffix(suffix)) as tmp:
-            shutil.copyfile(source, tmp)
-    return out
+    model_files = {name: Path(model_path).with_suffix(Path(name).suffix) for name in MODEL_FILES}
+    the_map = Map.build(descriptors, refs, meta, index_kind=index_kind,
+                        index_options=index_options)
+    return the_map.save(out, overwrite=overwrite, model_files=model_files)
 
 
 def load_map_model(map_dir: str | os.PathLike[str]) -> torch.nn.Module:
@@ -113,28 +132,123 @@ class QueryResult:
         return "\n".join(lines)
 
 
-def localize_images(
+@dataclass(frozen=True)
+class QueryFailure:
+    """A query image that could not be localized, and why (the message names the file)."""
+
+    image: Path
+    reason: str
+
+    def describe(self) -> str:
+        """The reason, one line."""
+        return self.reason
+
+
+def expand_image_arguments(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The query images named by ``paths``: a folder stands for the images directly in it.
+
+    A folder's images (names ending in :data:`IMAGE_SUFFIXES`, any case) are taken in name
+    order; a folder without any is kept as it is, so that localizing it reports the problem.
+    """
+    expanded: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if found:
+                logger.info("%s is a folder: localizing the %d images in it", path, len(found))
+                expanded.extend(found)
+                continue
+        expanded.append(path)
+    return expanded
+
+
+def _not_an_image(path: Path) -> str | None:
+    """Why ``path`` cannot be a query image before it is opened, or None."""
+    if path.is_dir():
+        return (f"{path}: is a folder holding no images ({', '.join(IMAGE_SUFFIXES)}); give "
+                "image files, or a folder that holds them")
+    if not path.exists():
+        return f"{path}: image not found; check the path"
+    return None
+
+
+def _decode_error(path: Path, error: Exception) -> str:
+    if isinstance(error, Image.DecompressionBombError):
+        return (f"{path}: image too large to decode safely ({error}); resize it below "
+                f"{Image.MAX_IMAGE_PIXELS} pixels (Pillow's decompression-bomb limit)")
+    return str(error) if isinstance(error, ImageError) else f"{path}: cannot read ({error})"
+
+
+_IMAGE_ERRORS = (ImageError, Image.DecompressionBombError, OSError)
+
+
+def localize_all(
     map_dir: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], k: int = 5
-) -> list[QueryResult]:
-    """Estimate the position of each image: the position of its top-1 reference."""
+) -> list[QueryResult | QueryFailure]:
+    """Localize each image; a bad image is reported as a `QueryFailure` and the rest go on.
+
+    Returns:
+        One entry per image, in order: a `QueryResult` or a `QueryFailure`.
+
+    Raises:
+        MapError: the map (or its model) cannot be opened.
+        ValueError: k < 1.
+    """
     if k < 1:
         raise ValueError("k must be >= 1")
     the_map = Map.load(map_dir)
     model = load_map_model(map_dir)
-    store = image_store(model, images)
-    descriptors = extract_descriptors(model, store)
-    results = []
-    for image, found in zip(images, the_map.localize(descriptors, k=k), strict=True):
-        xy = the_map.places.xy[found.indices]
-        results.append(
-            QueryResult(
-                image=Path(image),
-                x=found.x,
-                y=found.y,
-                yaw=found.yaw,
-                paths=[str(p) for p in found.paths],
-                positions=xy,
-                distances=np.asarray(found.distances),
+    paths = [Path(p) for p in images]
+    outcomes: list[QueryResult | QueryFailure | None] = [None] * len(paths)
+    store = image_store(model, paths)
+    candidates = []
+    for row, path in enumerate(paths):
+        reason = _not_an_image(path)
+        if reason is None:
+            candidates.append(row)
+        else:
+            outcomes[row] = QueryFailure(path, reason)
+    described: dict[int, np.ndarray] = {}
+    for start in range(0, len(candidates), BATCH_SIZE):
+        rows = candidates[start : start + BATCH_SIZE]
+        try:
+            described.update(zip(rows, extract_descriptors(model, store, rows), strict=True))
+            continue
+        except _IMAGE_ERRORS:
+            pass
+        for row in rows:  # a bad image in the batch: describe its images one by one
+            try:
+                described[row] = extract_descriptors(model, store, [row])[0]
+            except _IMAGE_ERRORS as error:
+                outcomes[row] = QueryFailure(paths[row], _decode_error(paths[row], error))
+    if described:
+        rows = sorted(described)
+        found = the_map.localize(np.stack([described[r] for r in rows]), k=k)
+        for row, hit in zip(rows, found, strict=True):
+            outcomes[row] = QueryResult(
+                image=paths[row],
+                x=hit.x,
+                y=hit.y,
+                yaw=hit.yaw,
+                paths=[str(p) for p in hit.paths],
+                positions=the_map.places.xy[hit.indices],
+                distances=np.asarray(hit.distances),
             )
-        )
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def localize_images(
+    map_dir: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], k: int = 5
+) -> list[QueryResult]:
+    """Estimate the position of each image: the position of its top-1 reference.
+
+    Raises:
+        ImageError: the first image that cannot be read (see :func:`localize_all` to go on).
+    """
+    results = []
+    for outcome in localize_all(map_dir, images, k=k):
+        if isinstance(outcome, QueryFailure):
+            raise ImageError(outcome.reason)
+        results.append(outcome)
     return results

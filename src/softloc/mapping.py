@@ -1,17 +1,28 @@
 """The map: reference descriptors, their positions and a search index, kept in one folder.
 
-A map folder holds four files, each written atomically, the manifest last:
+A map folder holds these files, the manifest written last:
 
 - ``descriptors.npy``: (N, D) float32 or float16 L2-normalised descriptors, opened with
   ``mmap_mode='r'`` so that a map of millions of references opens without being read;
 - ``places.csv``: the references' :class:`~softloc.data.places.PlaceTable` (paths, x, y, yaw,
   ...), row ``i`` describing descriptor ``i``;
 - ``index.faiss``: the :class:`~softloc.index.DescriptorIndex` over the descriptors;
+- ``model.safetensors`` + ``model.json`` (optional, added by :func:`softloc.localize.build_map`):
+  the model that described the references;
 - ``manifest.json``: format version, the caller's model metadata, dimension, count, dtype,
-  index kind, the SHA-256 of ``descriptors.npy`` and the creation time.
+  index kind, the absolute image root, the creation time, and the size and SHA-256 of every
+  other file of the map.
 
-A folder without ``manifest.json`` is an incomplete map (a build that was interrupted), and
-loading it fails. Loading never touches the images.
+A map is complete exactly when its folder exists under its name: :meth:`Map.save` writes every
+file into a hidden sibling folder and renames it into place once the manifest is written (the
+old map is moved aside first and removed after). A kill at any moment therefore leaves either
+the old map or the new one, never a mix; a kill between the two renames leaves the old map
+hidden beside its name, and the next load or save renames it back.
+
+:meth:`Map.load` checks the size of every file against the manifest and the SHA-256 of all but
+the descriptors (places, index, model: a search reads the index anyway); the descriptors (which
+may be huge and stay memory-mapped) are checksummed only with ``verify=True``. Loading never
+touches the images.
 """
 
 from __future__ import annotations
@@ -21,6 +32,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import signal
+import tempfile
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from softloc.atomic import write_json, write_with
+from softloc.atomic import (
+    remove_stale_temporaries,
+    remove_stale_temporaries_in,
+    stale_temporaries,
+    temporary_prefix,
+    usual_permissions,
+    write_json,
+)
 from softloc.data.places import PlacesError, PlaceTable, read_places, write_places
 from softloc.index import (
     DescriptorIndex,
@@ -40,11 +63,24 @@ from softloc.index import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: Version 2 added the size and SHA-256 of every file (``files``); version 1 maps are refused.
+FORMAT_VERSION = 2
 DESCRIPTORS_FILE = "descriptors.npy"
 PLACES_FILE = "places.csv"
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
+#: The model that described the references (added by :func:`softloc.localize.build_map`).
+MODEL_FILES: tuple[str, ...] = ("model.safetensors", "model.json")
+#: Every file a map folder may hold; a folder with anything else is not replaced by a save.
+MAP_FILES: tuple[str, ...] = (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, *MODEL_FILES,
+                              MANIFEST_FILE)
+#: Suffixes of the hidden siblings of a map folder during a save: the new map being written,
+#: and the old map moved aside while the new one is renamed into place.
+STAGING_SUFFIX = ".build"
+ASIDE_SUFFIX = ".old"
+#: Tests only: ``map:<stage>`` in this variable makes :meth:`Map.save` kill its own process at
+#: that stage (``descriptors``, ``files``, ``manifest``, ``aside``), to test what a kill leaves.
+KILL_POINT_ENV = "SOFTLOC_TEST_KILL_AT"
 DTYPES: tuple[str, ...] = ("float32", "float16")
 #: Largest deviation of a descriptor's norm from 1 accepted by :meth:`Map.build`.
 NORM_TOLERANCE = 1e-2
@@ -226,8 +262,8 @@ class Map:
     def __len__(self) -> int:
         return len(self.places)
 
-    def manifest(self, checksum: str) -> dict[str, Any]:
-        """The manifest dict for a saved map whose descriptors.npy hashes to ``checksum``."""
+    def manifest(self, files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The manifest dict of a saved map whose files have these ``{"bytes", "sha256"}``."""
         return {
             "format_version": FORMAT_VERSION,
             "model": self.model_meta,
@@ -243,40 +279,89 @@ class Map:
                 "m": self.index.m,
                 "nbits": self.index.nbits,
             },
-            "descriptors_sha256": checksum,
-            "image_root": str(self.places.root),
+            "descriptors_sha256": files[DESCRIPTORS_FILE]["sha256"],
+            "image_root": os.path.abspath(self.places.root),
             "created": self.created,
-            "files": {
-                "descriptors": DESCRIPTORS_FILE,
-                "places": PLACES_FILE,
-                "index": INDEX_FILE,
-            },
+            "files": {name: dict(record) for name, record in files.items()},
         }
 
-    def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
-        """Write the map into ``folder`` (created if needed); returns the folder.
+    def save(
+        self,
+        folder: str | os.PathLike[str],
+        overwrite: bool = False,
+        model_files: Mapping[str, str | os.PathLike[str]] | None = None,
+    ) -> Path:
+        """Write the map into ``folder``; returns the folder.
 
-        Each file is written atomically and the manifest last; when overwriting, the old
-        manifest is removed first, so an interrupted save never leaves a manifest that
-        describes other files.
+        Every file is written into a hidden sibling folder, the manifest (sizes and checksums
+        of the others) last, and that folder is then renamed to ``folder``; an existing map is
+        moved aside just before and removed just after. A kill or a write error at any moment
+        leaves the old map as it was (see the module docstring).
+
+        Args:
+            folder: the map folder (its parent is created if needed).
+            overwrite: replace a map already in ``folder``.
+            model_files: files copied into the map, by name (one of :data:`MODEL_FILES`).
 
         Raises:
-            MapError: ``folder`` already holds a map and ``overwrite`` is false.
+            MapError: ``folder`` holds a map and ``overwrite`` is false, holds files that are
+                not a map's, is a file; or a write failed (disk full, read-only): the message
+                names the path and the reason, and the old map is unchanged.
         """
-        folder = Path(folder)
-        manifest_path = folder / MANIFEST_FILE
-        if manifest_path.exists():
-            if not overwrite:
-                raise MapError(
-                    f"{folder} already holds a map; pass overwrite=True or choose another folder"
+        folder = Path(os.path.abspath(folder))  # ``.`` or ``x/..`` have no name to rename
+        if folder.is_symlink():
+            folder = folder.resolve()
+        extras = {name: Path(source) for name, source in (model_files or {}).items()}
+        unknown = sorted(set(extras) - set(MODEL_FILES))
+        if unknown:
+            raise MapError(f"cannot add {unknown} to a map; it holds {list(MODEL_FILES)} only")
+        absent = [str(source) for source in extras.values() if not source.is_file()]
+        if absent:
+            raise MapError(f"{absent[0]}: no such file to copy into the map; give a model "
+                           "written by `softloc train` (its .safetensors and .json side by side)")
+        recover_interrupted_save(folder)
+        check_map_target(folder, overwrite=overwrite)
+        staging: Path | None = None
+        aside: Path | None = None
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder),
+                                            suffix=STAGING_SUFFIX, dir=folder.parent))
+            usual_permissions(staging, directory=True)
+            _save_npy(staging / DESCRIPTORS_FILE, self.descriptors)
+            _kill_point("descriptors")
+            write_places(self.places, staging / PLACES_FILE)
+            self.index.save(staging / INDEX_FILE)
+            for name, source in extras.items():
+                shutil.copyfile(source, staging / name)
+            _kill_point("files")
+            names = [DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, *extras]
+            write_json(staging / MANIFEST_FILE,
+                       self.manifest({name: file_record(staging / name) for name in names}))
+            _kill_point("manifest")
+            if folder.exists():
+                aside = folder.parent / (
+                    f"{temporary_prefix(folder)}{uuid.uuid4().hex[:8]}{ASIDE_SUFFIX}"
                 )
-            manifest_path.unlink()
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptors_path = folder / DESCRIPTORS_FILE
-        write_with(descriptors_path, lambda tmp: _save_npy(tmp, self.descriptors))
-        write_places(self.places, folder / PLACES_FILE)
-        self.index.save(folder / INDEX_FILE)
-        write_json(manifest_path, self.manifest(sha256_file(descriptors_path)))
+                os.rename(folder, aside)
+                _kill_point("aside")
+            os.rename(staging, folder)
+            staging = None
+        except OSError as error:
+            where = error.filename or folder
+            raise MapError(
+                f"{where}: cannot write the map ({error.strerror or error}); nothing was "
+                f"replaced{' (the old map is unchanged)' if aside or folder.exists() else ''}. "
+                "Free space on that disk or choose a writable --out"
+            ) from error
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if aside is not None:
+                if folder.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    _restore(aside, folder)
         logger.info("saved a map of %d references to %s", len(self), folder)
         return folder
 
@@ -284,8 +369,10 @@ class Map:
     def load(cls, folder: str | os.PathLike[str], verify: bool = False) -> Map:
         """Open a map folder written by :meth:`save`; descriptors and index stay on disk.
 
-        Descriptors are a read-only ``np.memmap`` and the index is memory-mapped (read-only),
-        so opening costs the places table and the manifest only.
+        Descriptors are a read-only ``np.memmap`` and the index is memory-mapped (read-only).
+        Every file's size is checked against the manifest, and the SHA-256 of every file but
+        the descriptors (read once, in blocks); stale temporaries of killed writers are removed
+        and a map left aside by a killed save is renamed back (best effort).
 
         Args:
             folder: the map folder.
@@ -293,28 +380,27 @@ class Map:
 
         Raises:
             MapError: missing folder or file, incomplete map (no manifest), unknown format
-                version, corrupt or inconsistent files, checksum mismatch; the message names
-                the file and says to rebuild the map.
+                version, a file whose size or checksum differs from the manifest, corrupt or
+                inconsistent files; the message names the file and says to rebuild the map.
         """
         folder = Path(folder)
+        recover_interrupted_save(folder)
         if not folder.is_dir():
             raise MapError(f"{folder}: no such map folder; build one with `softloc map build`")
         manifest = _read_manifest(folder / MANIFEST_FILE)
-        for name in (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE):
+        records = manifest["files"]
+        for name in (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, *records):
             if not (folder / name).is_file():
                 raise MapError(f"{folder / name}: missing from the map; {_REBUILD}")
+            if name not in records:
+                raise MapError(f"{folder / MANIFEST_FILE}: lists no checksum of {name}; "
+                               f"{_REBUILD}")
+        for name, record in records.items():
+            _check_file(folder / name, record, checksum=verify or name != DESCRIPTORS_FILE)
         descriptors_path = folder / DESCRIPTORS_FILE
-        if verify:
-            actual = sha256_file(descriptors_path)
-            if actual != manifest["descriptors_sha256"]:
-                raise MapError(
-                    f"{descriptors_path}: checksum mismatch (the file changed after the map "
-                    f"was built: {actual[:12]}... != {manifest['descriptors_sha256'][:12]}...); "
-                    f"{_REBUILD}"
-                )
         try:
             descriptors = np.load(descriptors_path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, EOFError) as error:
             raise MapError(f"{descriptors_path}: unreadable ({error}); {_REBUILD}") from None
         expected = (manifest["count"], manifest["dim"])
         if descriptors.shape != expected or str(descriptors.dtype) != manifest["dtype"]:
@@ -421,6 +507,97 @@ def _training_sample(descriptors: np.ndarray, nlist: int, seed: int) -> np.ndarr
     return np.asarray(descriptors[rows], dtype=np.float32)
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file, as the manifest lists it."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _check_file(path: Path, record: Mapping[str, Any], checksum: bool) -> None:
+    """Raise MapError unless ``path`` has the manifest's size (and SHA-256, if ``checksum``)."""
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        raise MapError(
+            f"{path}: {size} bytes, the manifest says {record.get('bytes')} (the file was "
+            f"changed, truncated or replaced after the map was built); {_REBUILD}"
+        )
+    if checksum:
+        actual = sha256_file(path)
+        if actual != record.get("sha256"):
+            raise MapError(
+                f"{path}: checksum mismatch (the file changed after the map was built: "
+                f"{actual[:12]}... != {str(record.get('sha256'))[:12]}...); {_REBUILD}"
+            )
+
+
+def check_map_target(folder: str | os.PathLike[str], overwrite: bool = True) -> None:
+    """Raise MapError unless a map may be saved as ``folder``.
+
+    ``folder`` may be missing, empty, or hold map files only (:data:`MAP_FILES`; hidden files
+    do not count): a save replaces the whole folder, so anything else in it would be lost.
+
+    Raises:
+        MapError: ``folder`` is a file, holds other files, or holds a map and ``overwrite`` is
+            false; nothing has been written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MapError(f"{folder} is a file, not a folder; choose another --out")
+    if not folder.is_dir():
+        return
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    foreign = [n for n in names if n not in MAP_FILES]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise MapError(
+            f"{folder} holds files that are not part of a map ({shown}); nothing was written. "
+            "Choose a new or empty folder for --out"
+        )
+    if MANIFEST_FILE in names and not overwrite:
+        raise MapError(
+            f"{folder} already holds a map; pass overwrite=True or choose another folder"
+        )
+
+
+def recover_interrupted_save(folder: str | os.PathLike[str]) -> None:
+    """Clean up after a save that was killed: best effort, never raises OSError.
+
+    A map moved aside by a save killed before the new one was renamed in is renamed back when
+    ``folder`` is missing; other leftovers of dead writers (half-written new maps, old maps
+    aside, temporaries of single files) are removed. Leftovers of a live writer are kept.
+    """
+    folder = Path(folder)
+    try:
+        asides = stale_temporaries(folder, ASIDE_SUFFIX)
+        if not folder.exists():
+            complete = [p for p in asides if (p / MANIFEST_FILE).is_file()]
+            if complete:
+                newest = max(complete, key=lambda p: p.stat().st_mtime)
+                os.rename(newest, folder)
+                logger.warning("%s: restored the map a killed rebuild had moved aside (%s)",
+                               folder, newest.name)
+        remove_stale_temporaries(folder, ASIDE_SUFFIX)
+        remove_stale_temporaries(folder, STAGING_SUFFIX)
+        if folder.is_dir():
+            remove_stale_temporaries_in(folder)
+    except OSError as error:
+        logger.debug("could not clean up after an interrupted save of %s: %s", folder, error)
+
+
+def _restore(aside: Path, folder: Path) -> None:
+    """Rename the old map back after a failed save; if even that fails, say where it is."""
+    try:
+        os.rename(aside, folder)
+    except OSError as error:
+        logger.error("%s: could not move the old map back (%s); it is in %s: rename it back",
+                     folder, error.strerror or error, aside)
+
+
+def _kill_point(stage: str) -> None:
+    """Tests only: SIGKILL this process when :data:`KILL_POINT_ENV` is ``map:<stage>``."""
+    if os.environ.get(KILL_POINT_ENV) == f"map:{stage}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` to exactly ``path`` (np.save on a name would append '.npy')."""
     with open(path, "wb") as handle:
@@ -443,10 +620,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise MapError(
-            f"{path}: map format version {version!r}, this softloc reads {FORMAT_VERSION}; "
-            f"{_REBUILD}"
+            f"{path}: map format version {version!r}, this softloc reads {FORMAT_VERSION} "
+            f"(version 2 added the checksums of every file); {_REBUILD}"
         )
-    required = ("model", "dim", "count", "dtype", "descriptors_sha256", "created")
+    required = ("model", "dim", "count", "dtype", "descriptors_sha256", "created", "files")
     missing = [key for key in required if key not in manifest]
     if missing:
         raise MapError(f"{path}: missing key(s) {', '.join(missing)}; {_REBUILD}")

@@ -19,7 +19,11 @@ import numpy as np
 
 from softloc.atomic import write_json, write_text
 from softloc.data.places import PlaceTable
-from softloc.evaluation.metrics import DEFAULT_THRESHOLDS, RECALL_TOP_N
+from softloc.evaluation.metrics import (
+    DEFAULT_THRESHOLDS,
+    RECALL_TOP_N,
+    nearest_reference_distance,
+)
 from softloc.evaluation.report import (
     curves_from_results,
     evaluate_retrieval,
@@ -30,6 +34,7 @@ from softloc.evaluation.report import (
 from softloc.extract import extract_descriptors, image_store
 from softloc.localize import load_map_model
 from softloc.mapping import Map
+from softloc.output_folders import claim_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,59 @@ def query_places(places: PlaceTable, the_map: Map, split: str) -> PlaceTable:
             f"{sorted(reference)}"
         )
     return queries
+
+
+def model_names(folders: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """One distinct name per map folder: its folder's name, ``parent-name`` when two share it.
+
+    A name still taken twice (``a/x/m`` and ``b/x/m``) gets ``-2``, ``-3`` ... in order.
+    """
+    folders = [Path(f) for f in folders]
+    names = [f.name for f in folders]
+    seen: dict[str, int] = {}
+    unique = []
+    for folder, name in zip(folders, names, strict=True):
+        if names.count(name) > 1:
+            name = f"{folder.parent.name}-{name}"
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        unique.append(name if count == 0 else f"{name}-{count + 1}")
+    return unique
+
+
+def warn_if_unrelated(
+    the_map: Map,
+    places: PlaceTable,
+    queries: PlaceTable,
+    max_threshold_m: float,
+    label: str = "",
+) -> list[str]:
+    """Warn (log) when a map and its queries look unrelated; return the warnings.
+
+    Two signs that a map is evaluated on another dataset or split, where the numbers would be
+    silently zero or meaningless: no query lies within ``max_threshold_m`` of any reference,
+    and the map's image root is not the dataset's folder.
+    """
+    warnings = []
+    name = label or "the map"
+    map_root = os.path.abspath(the_map.places.root)
+    data_root = os.path.abspath(places.root)
+    if map_root != data_root:
+        warnings.append(
+            f"{name} was built from images under {map_root}, but the queries come from "
+            f"{data_root}: check --data (a map is evaluated on the dataset it was built from)"
+        )
+    if len(queries) and len(the_map):
+        nearest = nearest_reference_distance(queries.xy, the_map.places.xy)
+        if float(nearest.min()) > max_threshold_m:
+            warnings.append(
+                f"no query lies within {max_threshold_m:g} m of any reference of {name} "
+                f"(closest: {float(nearest.min()):.0f} m): every accuracy will be 0; the map "
+                "and the queries are from different places (another split or dataset?)"
+            )
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return warnings
 
 
 def order_ties(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +148,7 @@ def evaluate_map(
     the_map = Map.load(map_dir)
     model = load_map_model(map_dir)
     queries = query_places(places, the_map, split)
+    warn_if_unrelated(the_map, places, queries, max(thresholds), label=str(map_dir))
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=progress, desc="queries")
     _, retrieved = order_ties(*the_map.search(descriptors, top_k))
@@ -136,9 +195,15 @@ def evaluate_maps(
     split: str = "test",
     progress: bool = True,
 ) -> str:
-    """Evaluate several maps (one per model) on the same queries; write and return the table."""
+    """Evaluate several maps (one per model) on the same queries; write and return the table.
+
+    ``out`` is claimed first (missing, empty or an evaluation, and writable), so a bad
+    ``--out`` fails before any map is evaluated. Name maps with :func:`model_names` when two
+    folders share a name.
+    """
     if not maps:
         raise ValueError("give at least one map to evaluate")
+    claim_output_folder(out, "evaluation")
     results = {
         name: evaluate_map(path, places, split=split, progress=progress)
         for name, path in maps.items()

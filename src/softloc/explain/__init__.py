@@ -6,5 +6,6 @@
 - :mod:`~softloc.explain.gradcam`: Grad-CAM of the descriptor distance between a query and its
   top-1 reference (pytorch-grad-cam with a custom target);
 - :mod:`~softloc.explain.movie`: Grad-CAM panels over a whole query drive (mp4 or GIF);
-- :mod:`~softloc.explain.failures`: the worst failures: query, retrieved, true nearest.
+- :mod:`~softloc.explain.failures`: the worst failures: query, retrieved, true nearest;
+- :mod:`~softloc.explain.output`: where the pictures may be written (checked first).
 """

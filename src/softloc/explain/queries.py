@@ -19,8 +19,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from softloc.data.images import load_image, to_tensor
 from softloc.data.places import PlaceTable
-from softloc.evaluation.metrics import position_errors
-from softloc.evaluation.protocol import order_ties, query_places
+from softloc.evaluation.metrics import DEFAULT_THRESHOLDS, position_errors
+from softloc.evaluation.protocol import order_ties, query_places, warn_if_unrelated
 from softloc.extract import extract_descriptors, image_store
 from softloc.localize import load_map_model
 from softloc.mapping import Map
@@ -122,6 +122,7 @@ def retrieve(
     the_map = Map.load(map_dir)
     model = load_map_model(map_dir)
     queries = select_queries(places, the_map, split, condition)
+    warn_if_unrelated(the_map, places, queries, max(DEFAULT_THRESHOLDS), label=str(map_dir))
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=progress, desc=f"{map_dir.name}")
     _, retrieved = order_ties(*the_map.search(descriptors, top_k))

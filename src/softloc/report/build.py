@@ -36,6 +36,7 @@ from softloc.explain.failures import write_failures
 from softloc.explain.gradcam import DEFAULT_THRESHOLD_M, gradcam_row, write_gradcam
 from softloc.explain.queries import MapRetrieval, retrieve
 from softloc.explain.tsne import write_tsne
+from softloc.output_folders import claim_output_folder
 from softloc.report import html
 from softloc.report.collect import ReportRun, copy_sweeps, find_sweeps, resolve_runs
 from softloc.report.tables import tables_from_results
@@ -137,8 +138,13 @@ def build_report(
 
     Returns:
         The path of ``index.html``.
+
+    Raises:
+        OutputFolderError: ``out`` holds something other than a report (checked first, with
+            its writability, before any map is built or evaluated).
     """
     out = Path(out)
+    claim_output_folder(out, "report", allow=("evaluation",))
     out.mkdir(parents=True, exist_ok=True)
     runs = resolve_runs(run_dirs, places, out, split=split, spacing=spacing, progress=progress)
     sweeps = find_sweeps([*sweep_dirs, *{r.source for r in runs}])

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from softloc.atomic import atomic_path
 from softloc.data.places import PlaceTable
+from softloc.evaluation.protocol import model_names
 from softloc.localize import MAP_MODEL, build_map
-from softloc.mapping import MANIFEST_FILE, sha256_file
+from softloc.mapping import MANIFEST_FILE, Map, MapError, sha256_file
 from softloc.train import FINAL_MODEL
 
 logger = logging.getLogger(__name__)
@@ -54,23 +55,18 @@ def _maps_in(folder: Path) -> list[Path]:
     return sorted(p for p in maps.iterdir() if (p / MANIFEST_FILE).is_file())
 
 
-def _unique_names(folders: Sequence[Path]) -> list[str]:
-    names = [f.name for f in folders]
-    seen: dict[str, int] = {}
-    unique = []
-    for folder, name in zip(folders, names, strict=True):
-        if names.count(name) > 1:
-            name = f"{folder.parent.name}-{name}"
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        unique.append(name if count == 0 else f"{name}-{count + 1}")
-    return unique
-
-
 def _cached_map(model_path: Path, map_dir: Path) -> bool:
-    """Whether ``map_dir`` is a complete map built from exactly this model file."""
+    """Whether ``map_dir`` is a complete, intact map built from exactly this model file.
+
+    A map that does not load (damaged, or written by an older softloc) is rebuilt.
+    """
     copy = map_dir / MAP_MODEL
     if not (map_dir / MANIFEST_FILE).is_file() or not copy.is_file():
+        return False
+    try:
+        Map.load(map_dir)
+    except MapError as error:
+        logger.info("rebuilding the map %s: %s", map_dir, error)
         return False
     return sha256_file(copy) == sha256_file(model_path)
 
@@ -105,7 +101,7 @@ def resolve_runs(
                 "or a demo folder (maps/*/); build a map with `softloc map build` or train "
                 "with `softloc train` first"
             )
-    names = _unique_names([folder for folder, _, _ in expanded])
+    names = model_names([folder for folder, _, _ in expanded])
     runs = []
     for name, (folder, source, kind) in zip(names, expanded, strict=True):
         if kind == "map":
