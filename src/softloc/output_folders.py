@@ -50,6 +50,11 @@ def folder_kinds(folder: str | os.PathLike[str]) -> list[str]:
     kinds = [kind for kind, markers in MARKERS.items() if names & set(markers)]
     if "dataset" in kinds and "report" in kinds and "index.html" not in names:
         kinds.remove("report")  # prepare writes its own report.json beside places.csv
+    if "map" in kinds:  # a map holds its references' places.csv and its model's files
+        if not names & {"town.json", "prepare.json"} and "dataset" in kinds:
+            kinds.remove("dataset")
+        if not names & {"config.yaml", "train_log.csv", "checkpoints"} and "training run" in kinds:
+            kinds.remove("training run")
     return kinds
 
 

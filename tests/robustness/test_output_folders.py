@@ -96,3 +96,11 @@ def test_a_prepared_dataset_is_one_dataset(tmp_path: Path) -> None:
     assert folder_kinds(tmp_path) == ["dataset"]
     with pytest.raises(OutputFolderError, match=r"holds dataset \("):
         claim_output_folder(tmp_path, "map")
+
+
+def test_a_map_is_one_map(tmp_path: Path) -> None:
+    for name in ("manifest.json", "places.csv", "model.safetensors", "model.json"):
+        (tmp_path / name).write_text("x")
+    assert folder_kinds(tmp_path) == ["map"]
+    (tmp_path / "config.yaml").write_text("x")  # a training run and a map mixed: both named
+    assert folder_kinds(tmp_path) == ["training run", "map"]
