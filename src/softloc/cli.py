@@ -96,18 +96,47 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_localize(args: argparse.Namespace) -> int:
+    from softloc.atomic import write_text
     from softloc.localize import QueryFailure, expand_image_arguments, localize_all
+    from softloc.localize_output import format_outcomes, read_sequence_csv
+    from softloc.localizer import SEQUENCE_CANDIDATES, fixes_from_results
+    from softloc.mapping import Map
+    from softloc.output_folders import check_writable
+    from softloc.sequence import SequenceConfig
 
-    outcomes = localize_all(args.map, expand_image_arguments(args.images), k=args.top_k)
-    for outcome in outcomes:
-        if isinstance(outcome, QueryFailure):
-            print(f"softloc localize: error: {outcome.describe()}", file=sys.stderr)
-        else:
-            print(outcome.describe())
-    failed = sum(isinstance(outcome, QueryFailure) for outcome in outcomes)
+    if args.out is not None:  # before any work: never replace a file the user did not name
+        if args.out.exists() and not args.overwrite:
+            raise ValueError(f"{args.out} exists; pass --overwrite to replace it, or choose "
+                             "another --out")
+        check_writable(args.out.parent)
+    timestamps = None
+    if args.sequence_csv is not None:
+        images, timestamps = read_sequence_csv(args.sequence_csv)
+    elif args.images:
+        images = expand_image_arguments(args.images)
+    else:
+        raise ValueError("give query images, or --sequence-csv FILE")
+    sequence = None
+    if args.sequence or args.sequence_csv is not None:
+        sequence = SequenceConfig(temperature=args.temperature, max_speed=args.max_speed,
+                                  max_gap=args.max_gap)
+    the_map = Map.load(args.map)
+    width = max(args.top_k, SEQUENCE_CANDIDATES) if sequence else args.top_k
+    outcomes = localize_all(the_map, images, k=width)
+    fixes = fixes_from_results(outcomes, the_map, args.top_k, args.estimate,
+                               sequence=sequence, timestamps=timestamps)
+    text = format_outcomes(fixes, args.format)
+    if args.out is not None:
+        write_text(args.out, text)
+        print(f"{len(fixes)} fix(es) written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    failed = [o for o in outcomes if isinstance(o, QueryFailure)]
+    for outcome in failed:
+        print(f"softloc localize: error: {outcome.describe()}", file=sys.stderr)
     if failed:
-        print(f"softloc localize: {failed} of {len(outcomes)} image(s) could not be localized",
-              file=sys.stderr)
+        print(f"softloc localize: {len(failed)} of {len(outcomes)} image(s) could not be "
+              "localized", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -343,8 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
     localize = sub.add_parser("localize", help="estimate the position of query images")
     localize.add_argument("--map", required=True, type=Path, help="map folder")
     localize.add_argument("--top-k", type=int, default=5)
-    localize.add_argument("images", nargs="+", type=Path,
+    localize.add_argument("images", nargs="*", type=Path,
                           help="query images (a folder stands for the images in it)")
+    localize.add_argument("--format", choices=["text", "json", "csv"], default="text",
+                          help="output format (json: one object per image)")
+    localize.add_argument("--out", type=Path, help="write the output to this file")
+    localize.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    localize.add_argument("--estimate", choices=["top1", "weighted"], default="top1",
+                          help="top1: the best reference's position; weighted: similarity-"
+                               "weighted mean of the top-k within 25 m of it")
+    localize.add_argument("--sequence", action="store_true",
+                          help="the images are one ordered sequence (a drive): filter them")
+    localize.add_argument("--sequence-csv", type=Path,
+                          help="CSV with columns image[,timestamp]: an ordered sequence")
+    localize.add_argument("--temperature", type=float, default=0.05,
+                          help="sequence: emission temperature (`softloc evaluate --sequence` "
+                               "fits one on the validation region)")
+    localize.add_argument("--max-speed", type=float, default=20.0,
+                          help="sequence: metres per time unit (per frame without timestamps)")
+    localize.add_argument("--max-gap", type=float, default=10.0,
+                          help="sequence: a longer time step resets the filter")
     localize.set_defaults(func=_cmd_localize)
 
     evaluate = sub.add_parser("evaluate", help="top-N accuracy per condition")

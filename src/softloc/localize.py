@@ -119,6 +119,7 @@ class QueryResult:
     paths: list[str]
     positions: np.ndarray
     distances: np.ndarray
+    rows: np.ndarray | None = None  # the references' rows in the map, best first
 
     def describe(self) -> str:
         """Human-readable lines: the estimate, then one line per retrieved reference."""
@@ -184,9 +185,13 @@ _IMAGE_ERRORS = (ImageError, Image.DecompressionBombError, OSError)
 
 
 def localize_all(
-    map_dir: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], k: int = 5
+    map_dir: str | os.PathLike[str] | Map,
+    images: Sequence[str | os.PathLike[str]],
+    k: int = 5,
 ) -> list[QueryResult | QueryFailure]:
     """Localize each image; a bad image is reported as a `QueryFailure` and the rest go on.
+
+    ``map_dir`` is a map folder or a :class:`Map` already opened from one.
 
     Returns:
         One entry per image, in order: a `QueryResult` or a `QueryFailure`.
@@ -197,8 +202,10 @@ def localize_all(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
-    the_map = Map.load(map_dir)
-    model = load_map_model(map_dir)
+    the_map = map_dir if isinstance(map_dir, Map) else Map.load(map_dir)
+    if the_map.folder is None:
+        raise MapError("the map was built in memory and holds no model; save and open it")
+    model = load_map_model(the_map.folder)
     paths = [Path(p) for p in images]
     outcomes: list[QueryResult | QueryFailure | None] = [None] * len(paths)
     store = image_store(model, paths)
@@ -234,6 +241,7 @@ def localize_all(
                 paths=[str(p) for p in hit.paths],
                 positions=the_map.places.xy[hit.indices],
                 distances=np.asarray(hit.distances),
+                rows=np.asarray(hit.indices),
             )
     return [outcome for outcome in outcomes if outcome is not None]
 

@@ -174,6 +174,7 @@ class Map:
         index: the search index over ``descriptors``.
         model_meta: the caller's description of the model (name, checkpoint, whitening, ...).
         created: ISO-8601 UTC creation time.
+        folder: the folder it was loaded from (None for a map built in memory).
     """
 
     def __init__(
@@ -194,6 +195,7 @@ class Map:
         self.index = index
         self.model_meta = model_meta
         self.created = created
+        self.folder: Path | None = None
 
     # ----------------------------------------------------------------------------- build
     @classmethod
@@ -427,7 +429,14 @@ class Map:
                 f"{folder / INDEX_FILE}: {index.ntotal} vectors of {index.dim} dims, the "
                 f"manifest says {manifest['count']} of {manifest['dim']}; {_REBUILD}"
             )
-        return cls(descriptors, places, index, manifest["model"], manifest["created"])
+        the_map = cls(descriptors, places, index, manifest["model"], manifest["created"])
+        the_map.folder = folder.resolve()
+        return the_map
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str], verify: bool = False) -> Map:
+        """The map saved in ``folder`` (the same as :meth:`load`; the name of the public API)."""
+        return cls.load(folder, verify=verify)
 
     # ---------------------------------------------------------------------------- search
     def search(self, query_desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
