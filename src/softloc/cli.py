@@ -148,7 +148,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     claim_output_folder(args.out, "evaluation")  # before reading anything
     places = read_places(args.data)
     maps = dict(zip(model_names(args.map), map(Path, args.map), strict=True))
-    table = evaluate_maps(maps, places, args.out, split=args.split, progress=not args.quiet)
+    table = evaluate_maps(maps, places, args.out, split=args.split, progress=not args.quiet,
+                          sequence_lengths=args.sequence or ())
     print(table)
     return 0
 
@@ -215,6 +216,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             reference_traversal=args.traversal, protocol=_sweep_protocol(args),
             progress=progress,
         )
+    elif args.sweep_command == "sequence":
+        from softloc.evaluation.protocol import model_names
+        from softloc.sweeps.sequence import run_sequence_sweep
+
+        maps = dict(zip(model_names(args.map), map(Path, args.map), strict=True))
+        table = run_sequence_sweep(maps, places, args.out, lengths=args.lengths,
+                                   split=args.split, progress=progress)
     elif args.sweep_command == "margin":
         from softloc.sweeps.margin import parse_model_arguments, run_margin_sweep
 
@@ -399,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, type=Path, help="dataset folder")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for table and plot")
     evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--sequence", type=int, action="append", metavar="L",
+                          help="also localize each query drive with the sequence filter over "
+                               "windows of L frames (repeat for several L)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     prep = sub.add_parser(
@@ -494,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     margin.add_argument("--within", choices=["traversal", "all"], default="traversal",
                         help="positives and negatives from the anchor's traversal, or all")
     margin.set_defaults(func=_cmd_sweep)
+    seq = sweep_sub.add_parser("sequence", help="top-1 at 10 m against the sequence length")
+    seq.add_argument("--map", required=True, action="append", help="map folder (repeat)")
+    seq.add_argument("--data", required=True, type=Path, help="dataset folder")
+    seq.add_argument("--out", required=True, type=Path, help="sweep folder")
+    seq.add_argument("--split", default="test")
+    seq.add_argument("--lengths", nargs="+", type=int, default=[1, 2, 5, 10, 20])
+    seq.set_defaults(func=_cmd_sweep)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the procedural town")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))

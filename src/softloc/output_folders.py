@@ -27,7 +27,7 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "evaluation": ("results.json",),
     "report": ("index.html", "report.json"),
     "sweep": ("sweep_dimension.json", "sweep_spacing.json", "sweep_sensitivity.json",
-              "sweep_margin.json"),
+              "sweep_margin.json", "sweep_sequence.json"),
     "demo": ("demo.yaml",),
 }
 

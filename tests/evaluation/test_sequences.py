@@ -67,3 +67,30 @@ def test_length_one_is_single_image_top1_and_sequences_help() -> None:
     assert np.mean([result["10"][c]["5"] for c in ("night", "snow")]) > np.mean(
         [result["1"][c]["5"] for c in ("night", "snow")]
     )
+
+
+def test_evaluate_and_sweep_sequence_from_the_cli(street, tmp_path: Path) -> None:
+    import json
+
+    from softloc.cli import main
+    from softloc.localize import build_map
+    from softloc.models import create_model, save_model
+
+    model = save_model(create_model("small_gem", image_size=(32, 24)), tmp_path / "m.safetensors")
+    map_dir = build_map(model, street, tmp_path / "map", progress=False)
+    assert main(["-q", "evaluate", "--map", str(map_dir), "--data", str(street.root),
+                 "--out", str(tmp_path / "eval"), "--sequence", "1", "--sequence", "3"]) == 0
+    night = json.loads((tmp_path / "eval" / "results.json").read_text())["map"]["night"]
+    # L = 1 is single-image retrieval: the same numbers as the top-1 table
+    assert night["top1_seq1"] == night["top1"]
+    assert set(night["top1_seq3"]) == set(night["top1"])
+    # the confidence calibration is there and consistent
+    curve = night["precision_coverage_10m"]
+    assert curve["coverage"][-1] == 1.0 and len(curve["thresholds"]) == len(curve["precision"])
+    assert 0.0 <= night["coverage_p95_10m"] <= 1.0
+    assert (tmp_path / "eval" / "precision_coverage.png").stat().st_size > 1000
+    assert main(["-q", "sweep", "sequence", "--map", str(map_dir), "--data", str(street.root),
+                 "--out", str(tmp_path / "sweep"), "--lengths", "1", "2"]) == 0
+    sweep = json.loads((tmp_path / "sweep" / "sweep_sequence.json").read_text())
+    assert [r["length"] for r in sweep["rows"]] == [1, 2]
+    assert sweep["rows"][0]["top1_10m"] == night["top1"]["10"]

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from softloc.atomic import write_json, write_text
+from softloc.confidence import fix_confidence, precision_coverage, threshold_for_precision
 from softloc.data.places import PlaceTable
 from softloc.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
     RECALL_TOP_N,
     nearest_reference_distance,
 )
+from softloc.evaluation.plots import plot_precision_coverage
 from softloc.evaluation.report import (
     curves_from_results,
     evaluate_retrieval,
@@ -38,9 +40,12 @@ from softloc.output_folders import claim_output_folder
 
 logger = logging.getLogger(__name__)
 
+CALIBRATION_THRESHOLD_M = 10.0
+CALIBRATION_PRECISION = 0.95
 RESULTS_JSON = "results.json"
 RESULTS_TABLE = "results.md"
 CURVES_PNG = "curves.png"
+PRECISION_COVERAGE_PNG = "precision_coverage.png"
 
 
 def query_places(places: PlaceTable, the_map: Map, split: str) -> PlaceTable:
@@ -138,8 +143,11 @@ def evaluate_map(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     top_k: int = max(RECALL_TOP_N),
     progress: bool = True,
+    sequence_lengths: Sequence[int] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per condition of one map: ``{condition: evaluate_retrieval(...)}``.
+    """Metrics per condition of one map: ``{condition: evaluate_retrieval(...)}``, plus the
+    confidence calibration (:func:`calibration`) and, for each of ``sequence_lengths``, the
+    sequence filter's top-1 accuracy ``top1_seq<L>`` (:mod:`softloc.evaluation.sequences`).
 
     ``top_k`` references are retrieved per query (20, for recall@20); ties in similarity are
     ordered by :func:`order_ties`. The descriptors are those of the map's own model, whose
@@ -151,8 +159,73 @@ def evaluate_map(
     warn_if_unrelated(the_map, places, queries, max(thresholds), label=str(map_dir))
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=progress, desc="queries")
-    _, retrieved = order_ties(*the_map.search(descriptors, top_k))
-    return metrics_by_condition(queries, the_map.places.xy, retrieved, thresholds)
+    scores, retrieved = order_ties(*the_map.search(descriptors, top_k))
+    results = metrics_by_condition(queries, the_map.places.xy, retrieved, thresholds,
+                                   scores=scores)
+    if sequence_lengths:
+        add_sequence_results(results, model, places, the_map, queries, retrieved, scores,
+                             sequence_lengths, thresholds)
+    return results
+
+
+def add_sequence_results(
+    results: dict[str, dict[str, Any]],
+    model: Any,
+    places: PlaceTable,
+    the_map: Map,
+    queries: PlaceTable,
+    retrieved: np.ndarray,
+    scores: np.ndarray,
+    lengths: Sequence[int],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> None:
+    """Add ``top1_seq<L>`` (top-1 accuracy per threshold of the sequence filter with windows
+    of L frames) to each condition of ``results``; the filter's temperature is fitted on the
+    validation region first."""
+    from softloc.evaluation.sequences import accuracy_by_length, fit_on_validation
+    from softloc.sequence import SequenceConfig
+
+    traversal = str(the_map.places.traversal[0])
+    config = fit_on_validation(model, places, traversal, SequenceConfig())
+    valid = retrieved >= 0
+    distances = np.where(valid, np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0), 4.0)
+    by_length = accuracy_by_length(queries, retrieved, distances, the_map.places.xy, config,
+                                   lengths, thresholds)
+    for length, per_condition in by_length.items():
+        for condition, accuracy in per_condition.items():
+            results[condition][f"top1_seq{length}"] = accuracy
+
+
+def calibration(
+    query_xy: np.ndarray,
+    ref_xy: np.ndarray,
+    retrieved: np.ndarray,
+    scores: np.ndarray,
+    threshold: float = CALIBRATION_THRESHOLD_M,
+    target: float = CALIBRATION_PRECISION,
+) -> dict[str, Any]:
+    """How far the fixes' confidence can be trusted, for one condition.
+
+    Returns ``precision_coverage_10m`` (the curve: thresholds, coverage, precision of top-1
+    fixes within ``threshold`` metres), ``coverage_p95_10m`` (the share of queries accepted at
+    the lowest confidence threshold whose accepted fixes are right ``target`` of the time; 0
+    when none is) and ``confidence_p95_10m`` (that threshold; absent when none reaches it).
+    """
+    distances = np.maximum(2.0 - 2.0 * np.asarray(scores, dtype=np.float64), 0.0)
+    confidence = np.array([
+        fix_confidence(d[r >= 0], ref_xy[r[r >= 0]]) for d, r in zip(distances, retrieved,
+                                                                    strict=True)
+    ])
+    correct = np.linalg.norm(ref_xy[retrieved[:, 0]] - query_xy, axis=1) <= threshold
+    curve = precision_coverage(confidence, correct)
+    cut = threshold_for_precision(curve, target)
+    out: dict[str, Any] = {"precision_coverage_10m": curve.as_dict()}
+    if cut is None:
+        out["coverage_p95_10m"] = 0.0
+    else:
+        out["coverage_p95_10m"] = float(np.mean(confidence >= cut))
+        out["confidence_p95_10m"] = cut
+    return out
 
 
 def metrics_by_condition(
@@ -161,16 +234,22 @@ def metrics_by_condition(
     retrieved: np.ndarray,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     conditions: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{condition: evaluate_retrieval(...)}`` of queries whose references were retrieved
     (``retrieved`` (Q, K), best first, ties ordered by :func:`order_ties`), conditions in the
-    order given (default: the queries' order of first appearance)."""
+    order given (default: the queries' order of first appearance). With the retrieval's
+    ``scores`` (Q, K), each condition also gets its confidence :func:`calibration`."""
     results = {}
     for condition in conditions if conditions is not None else queries.conditions():
         mask = queries.condition == condition
         results[condition] = evaluate_retrieval(
             queries.xy[mask], ref_xy, retrieved[mask], thresholds
         )
+        if scores is not None:
+            results[condition].update(
+                calibration(queries.xy[mask], ref_xy, retrieved[mask], scores[mask])
+            )
     return results
 
 
@@ -185,6 +264,7 @@ def write_results(
     write_text(out / RESULTS_TABLE, (f"# {title}\n\n" if title else "") + table)
     curves, upper = curves_from_results(results)
     plot_curves(curves, upper, out / CURVES_PNG, title=title or None)
+    plot_precision_coverage(results, out / PRECISION_COVERAGE_PNG)
     return table
 
 
@@ -194,6 +274,7 @@ def evaluate_maps(
     out: str | os.PathLike[str],
     split: str = "test",
     progress: bool = True,
+    sequence_lengths: Sequence[int] = (),
 ) -> str:
     """Evaluate several maps (one per model) on the same queries; write and return the table.
 
@@ -205,7 +286,8 @@ def evaluate_maps(
         raise ValueError("give at least one map to evaluate")
     claim_output_folder(out, "evaluation")
     results = {
-        name: evaluate_map(path, places, split=split, progress=progress)
+        name: evaluate_map(path, places, split=split, progress=progress,
+                           sequence_lengths=sequence_lengths)
         for name, path in maps.items()
     }
     return write_results(results, out, title=f"top-N accuracy on split '{split}'")

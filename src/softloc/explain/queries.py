@@ -71,6 +71,7 @@ class MapRetrieval:
         queries: the query rows, sorted by traversal then time.
         descriptors: (Q, D) query descriptors.
         retrieved: (Q, K) reference rows, best first.
+        scores: (Q, K) their similarities (inner products), or None.
     """
 
     name: str
@@ -80,6 +81,7 @@ class MapRetrieval:
     queries: PlaceTable
     descriptors: np.ndarray
     retrieved: np.ndarray
+    scores: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -125,7 +127,7 @@ def retrieve(
     warn_if_unrelated(the_map, places, queries, max(DEFAULT_THRESHOLDS), label=str(map_dir))
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=progress, desc=f"{map_dir.name}")
-    _, retrieved = order_ties(*the_map.search(descriptors, top_k))
+    scores, retrieved = order_ties(*the_map.search(descriptors, top_k))
     return MapRetrieval(
         name=name or map_dir.name,
         map_dir=map_dir,
@@ -134,4 +136,5 @@ def retrieve(
         queries=queries,
         descriptors=descriptors,
         retrieved=retrieved,
+        scores=scores,
     )

@@ -31,7 +31,12 @@ import numpy as np
 from softloc.atomic import write_json, write_text
 from softloc.data.places import PlaceTable
 from softloc.evaluation.metrics import RECALL_TOP_N
-from softloc.evaluation.protocol import metrics_by_condition, query_places, write_results
+from softloc.evaluation.protocol import (
+    PRECISION_COVERAGE_PNG,
+    metrics_by_condition,
+    query_places,
+    write_results,
+)
 from softloc.explain.failures import write_failures
 from softloc.explain.gradcam import DEFAULT_THRESHOLD_M, gradcam_row, write_gradcam
 from softloc.explain.queries import MapRetrieval, retrieve
@@ -161,6 +166,7 @@ def build_report(
             r.name: metrics_by_condition(
                 r.queries, r.the_map.places.xy, r.retrieved,
                 conditions=query_places(places, r.the_map, split).conditions(),
+                scores=r.scores,
             )
             for r in retrievals
         }
@@ -171,6 +177,8 @@ def build_report(
     write_results(results, out, title=title)
     write_text(out / "curves.csv", curves_csv(results))
     files += ["results.json", "results.md", "curves.png", "curves.csv"]
+    if (out / PRECISION_COVERAGE_PNG).is_file():
+        files.append(PRECISION_COVERAGE_PNG)
 
     tables_body = []
     for table in tables_from_results(results):
@@ -249,6 +257,13 @@ def _sections(
          html.figure_html("curves.png", "top-1 accuracy against the distance threshold "
                           "(dashed: upper bound)", ["curves.csv", "results.json"])),
     ]
+    if (out / PRECISION_COVERAGE_PNG).is_file():
+        sections.append(
+            ("confidence", "Confidence",
+             html.figure_html(PRECISION_COVERAGE_PNG, "precision of the top-1 fixes within 10 m"
+                              " against the share accepted, as the confidence threshold falls;"
+                              " coverage_p95_10m in the tables is where a line crosses 95 %",
+                              ["results.json"])))
     if sweeps:
         body = []
         for kind, files in sorted(sweeps.items()):

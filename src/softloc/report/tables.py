@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Keys read as shares in [0, 1], shown in percent.
-SHARE_PREFIXES: tuple[str, ...] = ("top", "upper_bound", "recall", "auc", "accuracy")
+SHARE_PREFIXES: tuple[str, ...] = ("top", "upper_bound", "recall", "auc", "accuracy",
+                                   "coverage")
 COUNTS = "counts"
 #: The metrics a reader looks for first, in this order.
 ORDER: tuple[str, ...] = (
