@@ -105,6 +105,10 @@ def test_report_writes_every_file_it_references(report_inputs, tmp_path: Path) -
     assert len(gradcam) == 1 + 2 * 2 and "no convolutional layer" in gradcam[-1]
     with Image.open(out / "gradcam" / "query_1.png") as image:
         assert image.size[0] > 500 and image.size[1] > 150
+    # the movie plays in the page, and the confidence curve is shown
+    assert '<video controls' in html and 'src="movie.mp4"' in html
+    assert (out / "movie.mp4").stat().st_size > 1000 and "precision_coverage.png" in html
+    assert 0.0 <= results["gem"]["night"]["coverage_p95_10m"] <= 1.0
     # a second report reuses the map built for the training run
     stamp = (out / "maps" / "gem" / "manifest.json").stat().st_mtime_ns
     build_report([inputs["run"]], inputs["places"], out, tsne_points=30, gradcam_count=1,

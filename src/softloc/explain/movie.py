@@ -1,9 +1,10 @@
 """A movie of Grad-CAM panels over a whole query drive, one row per model.
 
 Every ``k``-th query of one traversal (in time order) becomes a frame, ``k`` chosen so that at
-most ``max_frames`` frames are drawn. The movie is an mp4 when ``ffmpeg`` is on the PATH and
-an animated GIF (Pillow) otherwise; both come from matplotlib's movie writers, and the file is
-written under a temporary name and renamed when complete.
+most ``max_frames`` frames are drawn. The movie is an mp4 (H.264, yuv420p, which browsers
+play) written with the ffmpeg binary that the ``imageio-ffmpeg`` wheel ships, so every machine
+has it; an animated GIF (Pillow) is the fall-back only when that package cannot run. The file
+is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +33,56 @@ from softloc.explain.queries import MapRetrieval
 logger = logging.getLogger(__name__)
 
 
+def ffmpeg_executable() -> str | None:
+    """The ffmpeg binary of imageio-ffmpeg (or on the PATH), or None."""
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return shutil.which("ffmpeg")
+
+
 def movie_format() -> str:
     """``"mp4"`` when ffmpeg can be used, else ``"gif"``."""
-    if shutil.which("ffmpeg") and animation.writers.is_available("ffmpeg"):
-        return "mp4"
-    return "gif"
+    return "mp4" if ffmpeg_executable() else "gif"
+
+
+def figure_rgb(figure) -> np.ndarray:
+    """The figure drawn as an (H, W, 3) uint8 array, padded to even sides (yuv420p needs it)."""
+    figure.canvas.draw()
+    rgb = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+    height, width = rgb.shape[:2]
+    return np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+class _Mp4Writer:
+    """The part of matplotlib's writer interface the movie uses, on imageio-ffmpeg's pipe."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.figure = None
+        self._pipe = None
+
+    @contextmanager
+    def saving(self, figure, path: str, dpi: float):
+        import imageio_ffmpeg
+
+        self.figure = figure
+        first = figure_rgb(figure)
+        self._pipe = imageio_ffmpeg.write_frames(
+            path, (first.shape[1], first.shape[0]), fps=self.fps, codec="libx264",
+            pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+            output_params=["-f", "mp4"],
+        )
+        self._pipe.send(None)  # start ffmpeg
+        try:
+            yield self
+        finally:
+            self._pipe.close()
+
+    def grab_frame(self) -> None:
+        self._pipe.send(np.ascontiguousarray(figure_rgb(self.figure)))
 
 
 def drive_frames(queries: PlaceTable, traversal: str | None, max_frames: int) -> np.ndarray:
@@ -86,8 +133,7 @@ def write_movie(
                 f"  x={queries.xy[i, 0]:.0f} y={queries.xy[i, 1]:.0f}")
 
     figure = gradcam_figure(rows_for(frames[0]), threshold_m, title(frames[0]))
-    writer = (animation.FFMpegWriter(fps=fps) if kind == "mp4"
-              else animation.PillowWriter(fps=fps))
+    writer = _Mp4Writer(fps) if kind == "mp4" else animation.PillowWriter(fps=fps)
     try:
         with writer.saving(figure, str(partial), dpi=figure.dpi):
             for n, i in enumerate(tqdm(frames, desc="movie", disable=not progress)):

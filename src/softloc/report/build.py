@@ -8,6 +8,7 @@ Report folder (``OUT``)::
     tables/<metric>.csv        every table of the page
     tsne.png, tsne.csv         t-SNE of query descriptors, coloured by position
     gradcam/query_<k>.png, gradcam.csv           Grad-CAM rows, one figure per query
+    movie.mp4                                    Grad-CAM over a query drive (a video)
     failures/failures_<model>.png, failures.csv  worst failures per model
     sweeps/sweep_<kind>.*      copies of the sweep outputs found
     maps/<name>/               maps built for training runs (cached between reports)
@@ -39,6 +40,7 @@ from softloc.evaluation.protocol import (
 )
 from softloc.explain.failures import write_failures
 from softloc.explain.gradcam import DEFAULT_THRESHOLD_M, gradcam_row, write_gradcam
+from softloc.explain.movie import write_movie
 from softloc.explain.queries import MapRetrieval, retrieve
 from softloc.explain.tsne import write_tsne
 from softloc.output_folders import claim_output_folder
@@ -120,6 +122,7 @@ def build_report(
     tsne_points: int = 600,
     gradcam_count: int = 3,
     failure_count: int = 6,
+    movie_frames: int = 12,
     threshold_m: float = DEFAULT_THRESHOLD_M,
     title: str = "softloc report",
     progress: bool = True,
@@ -139,6 +142,8 @@ def build_report(
         spacing: reference spacing (m) of the maps built for training runs.
         seed: seed of the t-SNE.
         tsne_points, gradcam_count, failure_count: how many queries each picture shows.
+        movie_frames: frames of the Grad-CAM movie over a query drive (``movie.mp4``, shown in
+            a ``<video>`` element); 0 leaves the movie out.
         threshold_m: a retrieval within this distance counts as correct in the Grad-CAM panels.
 
     Returns:
@@ -192,6 +197,10 @@ def build_report(
     gradcams, gradcam_table = _write_gradcams(retrievals, out, gradcam_count, threshold_m)
     files += [p.relative_to(out).as_posix() for p, _ in gradcams]
     files.append(gradcam_table.relative_to(out).as_posix())
+    movie = write_movie(retrievals, out, max_frames=movie_frames, threshold_m=threshold_m,
+                        progress=progress) if movie_frames else None
+    if movie is not None:
+        files.append(movie.name)
     failure_pngs = write_failures(retrievals, out / "failures", count=failure_count)
     files += [p.relative_to(out).as_posix() for p in failure_pngs] + ["failures/failures.csv"]
     sweep_copies = copy_sweeps(sweeps, out / "sweeps")
@@ -290,6 +299,11 @@ def _sections(
     ]
     for path, caption in gradcams:
         gradcam_body.append(html.figure_html(rel(path), caption, ["gradcam/gradcam.csv"]))
+    movies = sorted(out.glob("movie.*"))
+    if movies:
+        gradcam_body.append(html.video_html(
+            rel(movies[0]), "Grad-CAM over a query drive, every model a row (the first query "
+            "traversal in time order)"))
     sections.append(("gradcam", "Grad-CAM", "".join(gradcam_body)))
     failure_note = ('<p class="note">The queries whose top-1 reference is farthest away: '
                     "query, retrieved reference (its distance), true nearest reference.</p>")

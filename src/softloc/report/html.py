@@ -73,6 +73,17 @@ def figure_html(src: str, caption: str, extra: Sequence[str] = ()) -> str:
     )
 
 
+def video_html(src: str, caption: str, extra: Sequence[str] = ()) -> str:
+    """A movie (mp4 in a ``<video>`` element; a GIF as an image) with a caption and links."""
+    if src.endswith(".gif"):
+        return figure_html(src, caption, extra)
+    return (
+        f'<figure><video controls loop muted playsinline preload="metadata" '
+        f'src="{escape(src)}"></video><figcaption>{escape(caption)}</figcaption></figure>\n'
+        + files_line([src, *extra])
+    )
+
+
 def csv_preview_html(path: Path, href: str, max_rows: int = 30) -> str:
     """The first ``max_rows`` rows of a CSV file as a table, with a link to the file."""
     with open(path, newline="", encoding="utf-8") as handle:
