@@ -1,0 +1,286 @@
+"""The image cache: every image of a dataset, decoded once at one size, in one memory-mapped file.
+
+Files, per (dataset, size)::
+
+    <cache folder>/<W>x<H>.u8     N x H x W x 3 bytes: row i of places.csv, uint8 RGB
+    <cache folder>/<W>x<H>.json   manifest: rows, size, bytes, SHA-256 of places.csv's images
+
+The cache folder is ``<dataset>/cache`` unless ``data.cache_dir`` names another one (then a
+sub-folder per dataset). The array is read through ``numpy.memmap``: the operating system's
+page cache holds what fits in memory and nothing grows in the process, however many images a
+run reads. It costs N x W x H x 3 bytes of disk (1 M images at 240 x 180: 130 GB; the town's
+11,125 at 120 x 90: 360 MB).
+
+A cache is used only when its manifest matches the dataset: a places.csv that lists other
+images (:func:`places_checksum`) or another size means it is rebuilt (the log says why). A
+build writes the array to a temporary name, renames it, and writes the manifest last; the old
+manifest is removed before a rebuild starts. So a build that is killed leaves no manifest that
+points at a half-written array, and the next run builds again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from softloc.atomic import atomic_path, write_json
+from softloc.data.images import ImageStore
+from softloc.data.places import PlaceTable
+
+logger = logging.getLogger(__name__)
+
+CACHE_FOLDER = "cache"
+CACHE_FORMAT = 1
+DISK_MARGIN_BYTES = 256 * 2**20  # left free beside the cache
+BUILD_CHUNK = 256  # rows decoded per job of a build
+
+
+class CacheUnavailable(RuntimeError):
+    """The cache cannot be written here (read-only folder, too little disk); the message says
+    why and what to do."""
+
+
+@dataclass(frozen=True)
+class CacheFiles:
+    """Where the cache of one dataset at one size lives."""
+
+    data: Path
+    manifest: Path
+
+
+def cache_files(
+    root: str | os.PathLike[str],
+    size: tuple[int, int],
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> CacheFiles:
+    """The cache files of the dataset at ``root`` for images of ``size`` = (width, height).
+
+    With ``cache_dir`` the files go to a sub-folder named after the dataset folder and a hash
+    of its absolute path, so that several datasets can share one cache folder.
+    """
+    root = Path(root)
+    if cache_dir is None:
+        folder = root / CACHE_FOLDER
+    else:
+        digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+        folder = Path(cache_dir) / f"{root.resolve().name}-{digest}"
+    name = f"{int(size[0])}x{int(size[1])}"
+    return CacheFiles(data=folder / f"{name}.u8", manifest=folder / f"{name}.json")
+
+
+def cache_bytes(rows: int, size: tuple[int, int]) -> int:
+    """Disk size of a cache of ``rows`` images of ``size``: N x W x H x 3 bytes."""
+    return int(rows) * int(size[0]) * int(size[1]) * 3
+
+
+def places_checksum(image_paths: Sequence[str]) -> str:
+    """SHA-256 of the places table's image column, in row order: what the cache's rows hold.
+
+    Any change of places.csv that changes which image a row holds (rows added, dropped,
+    reordered, a path changed) changes it; a changed position or label does not, since the
+    cached pixels stay right. Image files replaced under the same name are not seen: rebuild
+    with ``softloc cache build --rebuild``.
+    """
+    digest = hashlib.sha256()
+    for path in image_paths:
+        digest.update(str(path).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+class ImageCache:
+    """A read-only view of a built cache: ``read(rows)`` gives (B, H, W, 3) uint8 copies.
+
+    Args:
+        path: the ``.u8`` file.
+        rows: number of images in it.
+        size: (width, height) of its images.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], rows: int, size: tuple[int, int]) -> None:
+        self.path = Path(path)
+        self.size = (int(size[0]), int(size[1]))
+        self._rows = int(rows)
+        self._array = np.memmap(
+            self.path, dtype=np.uint8, mode="r", shape=(self._rows, self.size[1], self.size[0], 3)
+        )
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 images of ``rows`` (a copy: the map stays untouched)."""
+        return np.asarray(self._array[np.asarray(rows, dtype=np.int64)])
+
+
+def check_cache(
+    files: CacheFiles, rows: int, size: tuple[int, int], checksum: str
+) -> str | None:
+    """Why the cache in ``files`` cannot serve this dataset, or None when it can."""
+    if not files.manifest.is_file():
+        return "no image cache yet" if not files.data.exists() else "the cache has no manifest"
+    try:
+        manifest = json.loads(files.manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "its manifest is unreadable"
+    expected = {
+        "format": CACHE_FORMAT,
+        "rows": int(rows),
+        "width": int(size[0]),
+        "height": int(size[1]),
+        "bytes": cache_bytes(rows, size),
+    }
+    if manifest.get("places_sha256") != checksum:
+        return "places.csv lists other images (rows or paths changed) since it was built"
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            return f"it was built with {key} {manifest.get(key)!r}, the dataset needs {value!r}"
+    if not files.data.is_file() or files.data.stat().st_size != expected["bytes"]:
+        return "its data file is missing or of the wrong size"
+    return None
+
+
+def open_cache(
+    files: CacheFiles, rows: int, size: tuple[int, int], checksum: str
+) -> tuple[ImageCache | None, str | None]:
+    """The cache if it is valid for this dataset, else (None, why not)."""
+    problem = check_cache(files, rows, size, checksum)
+    if problem is not None:
+        return None, problem
+    return ImageCache(files.data, rows, size), None
+
+
+def build_cache(
+    files: CacheFiles,
+    rows: int,
+    size: tuple[int, int],
+    checksum: str,
+    decode: Callable[[int], np.ndarray],
+    workers: int = 0,
+    progress: bool = False,
+) -> ImageCache:
+    """Decode every row with ``decode(row) -> (H, W, 3) uint8`` into a new cache.
+
+    Checks first that the folder is writable and holds the cache with a margin, and says so
+    (:class:`CacheUnavailable`) before decoding anything. A decoding error (e.g. a corrupt
+    image) stops the build with that error and leaves no cache.
+
+    Args:
+        workers: decoding threads (0: the calling thread).
+    """
+    folder = files.data.parent
+    needed = cache_bytes(rows, size)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CacheUnavailable(
+            f"{folder}: cannot create the image cache folder ({error}); set data.cache_dir to "
+            "a writable folder"
+        ) from error
+    if not os.access(folder, os.W_OK):
+        raise CacheUnavailable(
+            f"{folder}: the image cache folder is not writable; set data.cache_dir to a "
+            "writable folder"
+        )
+    free = shutil.disk_usage(folder).free
+    old = files.data.stat().st_size if files.data.is_file() else 0
+    if free + old < needed + DISK_MARGIN_BYTES:
+        raise CacheUnavailable(
+            f"{folder}: the image cache needs {needed / 1e9:.2f} GB ({rows} x {size[0]} x "
+            f"{size[1]} x 3 bytes) but {free / 1e9:.2f} GB are free; free some disk or set "
+            "data.cache_dir to a larger disk"
+        )
+    files.manifest.unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    with atomic_path(files.data) as tmp:
+        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(rows, size[1], size[0], 3))
+
+        def fill(start: int) -> int:
+            stop = min(start + BUILD_CHUNK, rows)
+            for row in range(start, stop):
+                array[row] = decode(row)
+            return stop - start
+
+        starts = range(0, rows, BUILD_CHUNK)
+        bar = tqdm(total=rows, desc=f"image cache {size[0]}x{size[1]}", unit="img",
+                   disable=not progress)
+        try:
+            if workers > 0:
+                with ThreadPoolExecutor(workers) as pool:
+                    for done in pool.map(fill, starts):
+                        bar.update(done)
+            else:
+                for start in starts:
+                    bar.update(fill(start))
+        finally:
+            bar.close()
+        array.flush()
+    write_json(
+        files.manifest,
+        {
+            "format": CACHE_FORMAT,
+            "rows": int(rows),
+            "width": int(size[0]),
+            "height": int(size[1]),
+            "bytes": needed,
+            "places_sha256": checksum,
+        },
+    )
+    logger.info("wrote the image cache %s (%.2f GB)", files.data, needed / 1e9)
+    return ImageCache(files.data, rows, size)
+
+
+def ensure_cache(
+    files: CacheFiles,
+    rows: int,
+    size: tuple[int, int],
+    checksum: str,
+    decode: Callable[[int], np.ndarray],
+    workers: int = 0,
+    progress: bool = False,
+) -> ImageCache | None:
+    """The valid cache, built (or rebuilt, saying why) when needed; None, with a log line,
+    when it cannot be written (then the images are decoded on every read)."""
+    cache, problem = open_cache(files, rows, size, checksum)
+    if cache is not None:
+        return cache
+    if problem != "no image cache yet":
+        logger.info("image cache %s is not used: %s; rebuilding it", files.data, problem)
+    else:
+        logger.info("building the image cache %s (%d images)", files.data, rows)
+    try:
+        return build_cache(files, rows, size, checksum, decode, workers, progress)
+    except CacheUnavailable as error:
+        logger.warning("%s; decoding the images on every read instead", error)
+        return None
+
+
+def store_for_places(
+    places: PlaceTable,
+    size: tuple[int, int],
+    use_cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int = 0,
+    progress: bool = False,
+    where: Sequence[str] | None = None,
+) -> ImageStore:
+    """An :class:`ImageStore` of every row of ``places`` at ``size``: served from the dataset's
+    cache (built first if needed) when ``use_cache``, decoded from the files otherwise or when
+    the cache cannot be written."""
+    paths = [places.image_path(i) for i in range(len(places))]
+    store = ImageStore(paths, size, where=where)
+    if not use_cache:
+        return store
+    files = cache_files(places.root, size, cache_dir)
+    checksum = places_checksum(places.path)
+    cache = ensure_cache(files, len(places), size, checksum, store.decode, workers, progress)
+    return ImageStore(paths, size, cache=cache, where=where)
