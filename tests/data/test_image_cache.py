@@ -150,3 +150,19 @@ def test_store_rejects_a_cache_of_another_shape(street) -> None:
     store = store_for_places(street, SIZE)
     with pytest.raises(ValueError, match="holds"):
         ImageStore(store.paths[:-1], SIZE, cache=store.cache)
+
+
+def test_cache_build_command(street, capsys) -> None:
+    from softloc.cli import main
+
+    street.image_path(3).write_bytes(b"broken")
+    assert main(["-q", "cache", "build", "--data", str(street.root), "--size", "16x12"]) == 2
+    assert f"places.csv, line 5: {street.image_path(3)}: cannot decode" in capsys.readouterr().err
+    street.image_path(3).unlink()
+    keep = np.flatnonzero(street.path != street.path[3])
+    write_places(street.subset(keep), street.root / "places.csv")
+    assert main(["-q", "cache", "build", "--data", str(street.root), "--size", "16x12"]) == 0
+    assert "16x12.u8 (0.00 GB): built" in capsys.readouterr().out
+    assert main(["-q", "cache", "build", "--data", str(street.root), "--size", "16x12"]) == 0
+    assert "already valid" in capsys.readouterr().out
+    assert main(["-q", "cache", "build", "--data", str(street.root), "--size", "16by12"]) == 2

@@ -284,3 +284,50 @@ def store_for_places(
     checksum = places_checksum(places.path)
     cache = ensure_cache(files, len(places), size, checksum, store.decode, workers, progress)
     return ImageStore(paths, size, cache=cache, where=where)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"240x180"`` -> (240, 180).
+
+    Raises:
+        ValueError: not of the form WIDTHxHEIGHT with positive integers.
+    """
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} must look like WIDTHxHEIGHT, e.g. 240x180") from None
+    if width < 1 or height < 1:
+        raise ValueError(f"size {text!r}: width and height must be positive")
+    return width, height
+
+
+def build_dataset_cache(
+    root: str | os.PathLike[str],
+    size: tuple[int, int],
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int = 0,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> tuple[CacheFiles, bool]:
+    """``softloc cache build``: the cache of the dataset at ``root`` at ``size``, built unless
+    a valid one exists (or always with ``rebuild``); returns its files and whether it was built.
+
+    Raises:
+        CacheUnavailable: the cache cannot be written (the message says why).
+        ImageError: an image cannot be decoded (named with its places.csv line).
+    """
+    from softloc.data.places import PLACES_FILE, read_places
+
+    places = read_places(root)
+    files = cache_files(places.root, size, cache_dir)
+    checksum = places_checksum(places.path)
+    problem = check_cache(files, len(places), size, checksum)
+    if problem is None and not rebuild:
+        return files, False
+    if problem is not None and problem != "no image cache yet":
+        logger.info("image cache %s is rebuilt: %s", files.data, problem)
+    places_file = places.root / PLACES_FILE
+    where = [f"{places_file}, line {i + 2}" for i in range(len(places))]
+    store = ImageStore([places.image_path(i) for i in range(len(places))], size, where=where)
+    build_cache(files, len(places), size, checksum, store.decode, workers, progress)
+    return files, True
