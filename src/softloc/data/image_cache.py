@@ -6,10 +6,11 @@ Files, per (dataset, size)::
     <cache folder>/<W>x<H>.json   manifest: rows, size, bytes, SHA-256 of places.csv's images
 
 The cache folder is ``<dataset>/cache`` unless ``data.cache_dir`` names another one (then a
-sub-folder per dataset). The array is read through ``numpy.memmap``: the operating system's
-page cache holds what fits in memory and nothing grows in the process, however many images a
-run reads. It costs N x W x H x 3 bytes of disk (1 M images at 240 x 180: 130 GB; the town's
-11,125 at 120 x 90: 360 MB).
+sub-folder per dataset). Rows are read with positioned reads (``os.preadv``) straight into
+the batch buffers: the operating system's page cache holds what fits in memory, shared by every
+run and reclaimable, and nothing grows in the process, however many images a run reads. It
+costs N x W x H x 3 bytes of disk (1 M images at 240 x 180: 130 GB; the town's 11,125 at
+120 x 90: 360 MB).
 
 A cache is used only when its manifest matches the dataset: a places.csv that lists other
 images (:func:`places_checksum`) or another size means it is rebuilt (the log says why). A
@@ -99,7 +100,12 @@ def places_checksum(image_paths: Sequence[str]) -> str:
 
 
 class ImageCache:
-    """A read-only view of a built cache: ``read(rows)`` gives (B, H, W, 3) uint8 copies.
+    """A read-only view of a built cache: ``read(rows)`` gives (B, H, W, 3) uint8 images.
+
+    Rows are read with ``os.preadv`` straight into the caller's buffer (one copy, from the
+    page cache): the file's pages stay in the operating system's page cache, shared and
+    reclaimable, and are not mapped into the process, so its resident memory does not grow
+    with the rows a run has read.
 
     Args:
         path: the ``.u8`` file.
@@ -111,16 +117,38 @@ class ImageCache:
         self.path = Path(path)
         self.size = (int(size[0]), int(size[1]))
         self._rows = int(rows)
-        self._array = np.memmap(
-            self.path, dtype=np.uint8, mode="r", shape=(self._rows, self.size[1], self.size[0], 3)
-        )
+        self._row_bytes = cache_bytes(1, self.size)
+        self._fd = os.open(self.path, os.O_RDONLY)
 
     def __len__(self) -> int:
         return self._rows
 
-    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 images of ``rows`` (a copy: the map stays untouched)."""
-        return np.asarray(self._array[np.asarray(rows, dtype=np.int64)])
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+
+    def read(
+        self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, H, W, 3) uint8 images of ``rows`` (into ``out`` if given, a C-contiguous
+        uint8 array of that shape)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        width, height = self.size
+        if out is None:
+            out = np.empty((len(rows), height, width, 3), dtype=np.uint8)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self._rows):
+            raise IndexError(f"rows outside the cache's {self._rows} in {self.path}")
+        expected = len(rows) * self._row_bytes
+        if out.dtype != np.uint8 or not out.flags.c_contiguous or out.size != expected:
+            raise ValueError("out must be a C-contiguous uint8 array of (B, H, W, 3)")
+        flat = out.reshape(len(rows), self._row_bytes)
+        for i, row in enumerate(rows):
+            got = os.preadv(self._fd, [flat[i]], int(row) * self._row_bytes)
+            if got != self._row_bytes:
+                raise OSError(f"{self.path}: short read of row {row} (the file was truncated?)")
+        return out
 
 
 def check_cache(
@@ -201,29 +229,37 @@ def build_cache(
             "data.cache_dir to a larger disk"
         )
     files.manifest.unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    row_bytes = cache_bytes(1, size)
     with atomic_path(files.data) as tmp:
-        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(rows, size[1], size[0], 3))
-
-        def fill(start: int) -> int:
-            stop = min(start + BUILD_CHUNK, rows)
-            for row in range(start, stop):
-                array[row] = decode(row)
-            return stop - start
-
-        starts = range(0, rows, BUILD_CHUNK)
-        bar = tqdm(total=rows, desc=f"image cache {size[0]}x{size[1]}", unit="img",
-                   disable=not progress)
+        fd = os.open(tmp, os.O_WRONLY)
         try:
-            if workers > 0:
-                with ThreadPoolExecutor(workers) as pool:
-                    for done in pool.map(fill, starts):
-                        bar.update(done)
-            else:
-                for start in starts:
-                    bar.update(fill(start))
+            os.truncate(tmp, needed)
+
+            def fill(start: int) -> int:
+                stop = min(start + BUILD_CHUNK, rows)
+                for row in range(start, stop):
+                    image = np.ascontiguousarray(decode(row), dtype=np.uint8)
+                    if image.nbytes != row_bytes:
+                        raise ValueError(f"row {row}: decoded {image.shape}, expected {size}")
+                    os.pwrite(fd, image.data, row * row_bytes)
+                return stop - start
+
+            starts = range(0, rows, BUILD_CHUNK)
+            bar = tqdm(total=rows, desc=f"image cache {size[0]}x{size[1]}", unit="img",
+                       disable=not progress)
+            try:
+                if workers > 0:
+                    with ThreadPoolExecutor(workers) as pool:
+                        for done in pool.map(fill, starts):
+                            bar.update(done)
+                else:
+                    for start in starts:
+                        bar.update(fill(start))
+            finally:
+                bar.close()
+            os.fsync(fd)
         finally:
-            bar.close()
-        array.flush()
+            os.close(fd)
     write_json(
         files.manifest,
         {

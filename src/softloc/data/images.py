@@ -148,8 +148,7 @@ class ImageStore:
         if out is None:
             out = np.empty((len(rows), self.size[1], self.size[0], 3), dtype=np.uint8)
         if self.cache is not None:
-            out[...] = self.cache.read(rows)
-            return out
+            return self.cache.read(rows, out=out)
         for i, row in enumerate(rows):
             out[i] = self.decode(int(row))
         return out
@@ -176,4 +175,6 @@ class ImageCacheLike(Protocol):
 
     def __len__(self) -> int: ...
 
-    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray: ...
+    def read(
+        self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray: ...
