@@ -1,4 +1,4 @@
-"""The image cache: every image of a dataset, decoded once at one size, in one memory-mapped file.
+"""The image cache: every image of a dataset, decoded once at one size, in one uint8 file.
 
 Files, per (dataset, size)::
 
@@ -145,10 +145,19 @@ class ImageCache:
             raise ValueError("out must be a C-contiguous uint8 array of (B, H, W, 3)")
         flat = out.reshape(len(rows), self._row_bytes)
         for i, row in enumerate(rows):
-            got = os.preadv(self._fd, [flat[i]], int(row) * self._row_bytes)
+            got = _read_at(self._fd, flat[i], int(row) * self._row_bytes)
             if got != self._row_bytes:
                 raise OSError(f"{self.path}: short read of row {row} (the file was truncated?)")
         return out
+
+
+def _read_at(fd: int, buffer: np.ndarray, offset: int) -> int:
+    """Read ``len(buffer)`` bytes at ``offset`` into ``buffer``; the count read."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buffer], offset)
+    data = os.pread(fd, buffer.nbytes, offset)  # systems without preadv: one more copy
+    buffer[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return len(data)
 
 
 def check_cache(
