@@ -196,7 +196,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(0)
     summary: dict[str, object] = {"card": name, "torch": torch.__version__,
                                   "cpu_cores": os.cpu_count()}
-    town = make_town(args.work, 400.0 if args.quick else 800.0)
+    town = make_town(args.work, 900.0 if args.quick else 1200.0)  # >= 819 m: three regions
     summary["town_seconds"] = time.perf_counter() - began
     short, long = (20, 80) if args.quick else (40, 240)
     a = trainer_seconds(town, short)
