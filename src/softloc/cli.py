@@ -74,6 +74,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache_build(args: argparse.Namespace) -> int:
+    from softloc.data.image_cache import build_dataset_cache, parse_size
+    from softloc.data.pipeline import resolve_workers
+
+    files, built = build_dataset_cache(
+        args.data, parse_size(args.size), args.cache_dir, resolve_workers(args.workers),
+        rebuild=args.rebuild, progress=not args.quiet,
+    )
+    state = "built" if built else "already valid"
+    print(f"image cache {files.data} ({files.data.stat().st_size / 1e9:.2f} GB): {state}")
+    return 0
+
+
 def _cmd_map_build(args: argparse.Namespace) -> int:
     from softloc.data.places import read_places
     from softloc.localize import build_map
@@ -358,6 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data", required=True, type=Path, help="dataset folder (places.csv)")
     check.add_argument("--workers", type=int, help="images decoded at once (default: cores, <= 8)")
     check.set_defaults(func=_cmd_check)
+
+    cache = sub.add_parser("cache", help="the memory-mapped image cache of a dataset")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_build = cache_sub.add_parser(
+        "build", help="decode every image once at one size (N x W x H x 3 bytes of disk)"
+    )
+    cache_build.add_argument("--data", required=True, type=Path, help="dataset folder")
+    cache_build.add_argument("--size", required=True, help="WIDTHxHEIGHT, e.g. 240x180")
+    cache_build.add_argument("--cache-dir", type=Path, help="cache folder (default DATA/cache)")
+    cache_build.add_argument("--workers", type=int, help="decoding threads (default: cores, <= 8)")
+    cache_build.add_argument("--rebuild", action="store_true", help="rebuild even if valid")
+    cache_build.set_defaults(func=_cmd_cache_build)
 
     map_parser = sub.add_parser("map", help="build a map of reference images")
     map_sub = map_parser.add_subparsers(dest="map_command", required=True)

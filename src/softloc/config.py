@@ -22,6 +22,7 @@ import yaml
 from softloc.atomic import write_text
 
 DEVICES = ("cpu", "cuda", "auto")
+AMP_MODES = ("off", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -58,7 +59,14 @@ class DataConfig:
         image_width, image_height: size the images are resized to (pixels); null keeps the
             model preset's input size.
         reference_traversal: traversal whose images form the map (and training anchors).
-        cache_images: keep decoded images in memory (fast; ~32 KB per 120x90 image).
+        cache_images: read training images from the dataset's memory-mapped image cache at
+            the model's size, built once (N x W x H x 3 bytes of disk; memory stays flat);
+            false decodes every image on every read.
+        cache_dir: folder for image caches when the dataset folder is not writable (null:
+            ``<root>/cache``).
+        workers: threads that read and decode images (null: the cores, at most 8; 0: all
+            in the main thread).
+        prefetch: batches and training tuples prepared ahead of the network.
     """
 
     root: str = "town"
@@ -66,6 +74,9 @@ class DataConfig:
     image_height: int | None = None
     reference_traversal: str = "reference"
     cache_images: bool = True
+    cache_dir: str | None = None
+    workers: int | None = None
+    prefetch: int = 4
 
     def __post_init__(self) -> None:
         sizes = (self.image_width, self.image_height)
@@ -73,6 +84,8 @@ class DataConfig:
             raise ConfigError("give both data.image_width and data.image_height, or neither")
         if sizes[0] is not None and min(sizes) < 16:
             raise ConfigError("data.image_width and data.image_height must be >= 16 pixels")
+        if (self.workers is not None and self.workers < 0) or self.prefetch < 1:
+            raise ConfigError("data.workers must be >= 0 (or null) and data.prefetch >= 1")
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,11 @@ class TrainConfig:
         num_threads: torch CPU threads (0 keeps torch's default).
         device: ``"cpu"``, ``"cuda"`` (an error if no GPU is visible) or ``"auto"`` (the GPU
             when there is one) for training and descriptor extraction.
+        amp: mixed precision of training and of its extractions: ``off`` (float32),
+            ``bf16`` or ``fp16`` (with a gradient scaler); the loss stays float32.
+        channels_last: keep the network and its inputs in channels-last memory format
+            (faster convolutions on recent GPUs).
+        compile: run the training forward pass through ``torch.compile``.
     """
 
     steps: int = 2000
@@ -224,8 +242,13 @@ class TrainConfig:
     log_every: int = 10
     num_threads: int = 0
     device: str = "cpu"
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
         if self.device not in DEVICES:
             choices = ", ".join(DEVICES)
             raise ConfigError(f"train.device must be one of {choices}; got {self.device!r}")

@@ -1,4 +1,8 @@
-"""Descriptor extraction: images in, L2-normalised descriptors out, in batches."""
+"""Descriptor extraction: images in, L2-normalised descriptors out, in batches.
+
+Images come through the image pipeline (:mod:`softloc.data.pipeline`): read by worker threads
+ahead of the network, normalised on the model's device.
+"""
 
 from __future__ import annotations
 
@@ -10,45 +14,77 @@ import torch
 from tqdm.auto import tqdm
 
 from softloc.data.images import ImageStore
+from softloc.data.pipeline import ImagePipeline, resolve_workers
+from softloc.precision import autocast, check_amp
 
 
-def image_store(
-    model: torch.nn.Module, paths: Sequence[str | os.PathLike[str]], cache: bool = False
-) -> ImageStore:
-    """An image store that feeds ``paths`` at the model's input size (from its ``meta``)."""
+def image_store(model: torch.nn.Module, paths: Sequence[str | os.PathLike[str]]) -> ImageStore:
+    """An image store that decodes ``paths`` at the model's input size (from its ``meta``)."""
     width, height = model.meta["preprocessing"]["image_size"]
-    return ImageStore(paths, (int(width), int(height)), cache=cache)
+    return ImageStore(paths, (int(width), int(height)))
+
+
+def model_pipeline(
+    model: torch.nn.Module,
+    store: ImageStore,
+    workers: int | None = None,
+    prefetch: int = 2,
+    channels_last: bool = False,
+) -> ImagePipeline:
+    """A pipeline feeding ``store`` to ``model``: its device, its normalisation."""
+    device = next(model.parameters(), torch.empty(0)).device
+    meta = getattr(model, "meta", None)
+    pre = meta["preprocessing"] if isinstance(meta, dict) and "preprocessing" in meta else {}
+    kwargs = {k: pre[k] for k in ("mean", "std") if k in pre}
+    return ImagePipeline(
+        store, resolve_workers(workers), prefetch, device, channels_last=channels_last, **kwargs
+    )
 
 
 @torch.no_grad()
 def extract_descriptors(
     model: torch.nn.Module,
-    store: ImageStore,
+    store: ImageStore | ImagePipeline,
     indices: Sequence[int] | np.ndarray | None = None,
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "extract",
+    amp: str = "off",
 ) -> np.ndarray:
     """Descriptors of the store's images (all, or the rows in ``indices``).
 
     The model is put in eval mode for the extraction and returned to its previous mode; images
-    go to the device of the model's parameters (CPU for a model without any).
+    go to the device of the model's parameters (CPU for a model without any). Given a bare
+    store, a pipeline with the default workers is made for the call.
+
+    Args:
+        amp: ``"off"`` (float32), ``"bf16"`` or ``"fp16"``: autocast of the forward pass;
+            descriptors come back as float32 either way.
 
     Returns:
         (N, D) float32 array, one row per requested image.
     """
-    rows = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+    check_amp(amp)
+    pipeline = store if isinstance(store, ImagePipeline) else model_pipeline(model, store)
+    rows = (
+        np.arange(len(pipeline.store)) if indices is None else np.asarray(indices, dtype=np.int64)
+    )
     was_training = model.training
     device = next(model.parameters(), torch.empty(0)).device
     model.eval()
     try:
         outputs = []
-        starts = range(0, len(rows), batch_size)
-        for start in tqdm(starts, desc=desc, disable=not progress, unit="batch", leave=False):
-            batch = store.batch(rows[start : start + batch_size]).to(device)
-            outputs.append(model(batch).float().cpu().numpy())
+        batches = pipeline.batches(rows, batch_size)
+        total = (len(rows) + batch_size - 1) // batch_size
+        for batch in tqdm(batches, total=total, desc=desc, disable=not progress, unit="batch",
+                          leave=False):
+            with autocast(device, amp):
+                described = model(batch)
+            outputs.append(described.float().cpu().numpy())
     finally:
         model.train(was_training)
+        if pipeline is not store:
+            pipeline.close()
     if not outputs:
         out_dim = int(getattr(model, "out_dim", 0))
         return np.zeros((0, out_dim), dtype=np.float32)

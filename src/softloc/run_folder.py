@@ -52,6 +52,7 @@ _ASIDE_TAG = ".replaced-"
 #: parallelism). Everything else (data, model, tuples, loss, mining, the optimiser, the seed,
 #: the image size, mixed precision) is refused.
 HARMLESS_KEYS: tuple[str, ...] = (
+    "data.cache_dir",
     "data.cache_images",
     "data.prefetch",
     "data.workers",

@@ -30,14 +30,17 @@ from softloc.checkpoints import (
     save_checkpoint,
 )
 from softloc.config import RunConfig, config_to_dict, save_config
-from softloc.data.images import ImageStore
-from softloc.data.places import PlaceTable, read_places
-from softloc.data.tuples import MiningCache, TupleSampler
+from softloc.data.image_cache import store_for_places
+from softloc.data.images import ImageStore, normalise
+from softloc.data.pipeline import ImagePipeline, Lookahead, resolve_workers
+from softloc.data.places import PLACES_FILE, PlaceTable, read_places
+from softloc.data.tuples import MiningCache, TrainingTuple, TupleSampler
 from softloc.evaluation.metrics import topn_accuracy
-from softloc.extract import extract_descriptors, image_store
+from softloc.extract import extract_descriptors
 from softloc.index import DescriptorIndex
 from softloc.losses import create_loss, loss_options_from_config, loss_trains
 from softloc.models import DescriptorModel, create_model, fit_pca_whitening, save_model
+from softloc.precision import autocast, grad_scaler
 from softloc.run_folder import check_run_folder
 
 logger = logging.getLogger(__name__)
@@ -115,6 +118,7 @@ class Trainer:
         self.config = config
         self.out = Path(out)
         self.progress = progress
+        self._rows_named = places is None  # rows are places.csv's lines 2, 3, ...
         self.places = places if places is not None else read_places(config.data.root)
         self.train_rows = np.flatnonzero(self.places.split == "train")
         self.train_places = self.places.subset(self.train_rows)
@@ -124,6 +128,10 @@ class Trainer:
                 "training region"
             )
         self._store: ImageStore | None = None
+        self._pipeline: ImagePipeline | None = None
+        self._feed: Lookahead[tuple[int, TrainingTuple, torch.Tensor]] | None = None
+        self._scaler: torch.amp.GradScaler | None = None
+        self._forward: tuple[torch.nn.Module, torch.nn.Module] | None = None
         self.sampler = TupleSampler(
             self.train_places, config.tuples, config.data.reference_traversal
         )
@@ -160,12 +168,40 @@ class Trainer:
             raise TrainingError("no model attached yet: call initial_model() or run() first")
         return self._store
 
+    @property
+    def pipeline(self) -> ImagePipeline:
+        """The image pipeline over :attr:`store` (workers, prefetch, device, normalisation)."""
+        if self._pipeline is None:
+            raise TrainingError("no model attached yet: call initial_model() or run() first")
+        return self._pipeline
+
     def _attach_store(self, model: DescriptorModel) -> ImageStore:
-        """Create the image store at the model's input size, unless it already exists."""
+        """Create the image store (the dataset's image cache at the model's input size, built
+        if needed) and its pipeline, unless they already exist."""
         if self._store is None:
-            paths = [self.places.image_path(i) for i in range(len(self.places))]
-            self._store = image_store(model, paths, cache=self.config.data.cache_images)
+            data = self.config.data
+            width, height = model.meta["preprocessing"]["image_size"]
+            where = None
+            if self._rows_named:
+                places_file = self.places.root / PLACES_FILE
+                where = [f"{places_file}, line {i + 2}" for i in range(len(self.places))]
+            workers = resolve_workers(data.workers)
+            self._store = store_for_places(
+                self.places, (int(width), int(height)), data.cache_images, data.cache_dir,
+                workers, self.progress, where,
+            )
+            pre = model.meta["preprocessing"]
+            self._pipeline = ImagePipeline(
+                self._store, workers, data.prefetch, self.device, pre["mean"], pre["std"],
+                self.config.train.channels_last,
+            )
         return self._store
+
+    def _pooling_batches(self, rows: np.ndarray):  # type: ignore[no-untyped-def]
+        """Normalised CPU batches of ``rows`` for the pooling's initialisation."""
+        pre = (self.pipeline.mean, self.pipeline.std)
+        for i in range(0, len(rows), 64):
+            yield normalise(self.pipeline.load(rows[i : i + 64]).cpu(), *pre)
 
     def initial_model(self) -> DescriptorModel:
         """The untrained model of this run: seeded initialisation, pooling initialised."""
@@ -178,15 +214,16 @@ class Trainer:
         self._attach_store(model)
         rng = np.random.default_rng([cfg.train.seed, 1])
         sample = rng.choice(self.train_rows, min(256, len(self.train_rows)), replace=False)
-        model.init_pooling(self.store.batch(sample[i : i + 64]) for i in range(0, len(sample), 64))
+        model.init_pooling(self._pooling_batches(sample))
         return model
 
     def validate(self, model: torch.nn.Module) -> float:
         """Top-1 accuracy of the held-out queries within ``val_threshold`` metres."""
         if self.validation is None:
             return float("nan")
-        ref = extract_descriptors(model, self.store, self.validation.reference)
-        qry = extract_descriptors(model, self.store, self.validation.queries)
+        amp = self.config.train.amp
+        ref = extract_descriptors(model, self.pipeline, self.validation.reference, amp=amp)
+        qry = extract_descriptors(model, self.pipeline, self.validation.queries, amp=amp)
         index = DescriptorIndex(ref.shape[1])
         index.add(ref)
         _, found = index.search(qry, 1)
@@ -230,6 +267,7 @@ class Trainer:
             restore_optimizer(checkpoints[-1], optimizer)
             start = int(sidecar["extra"]["step"])
             self._restore_mining(load_state(checkpoints[-1]), model)
+            self._restore_scaler(load_state(checkpoints[-1]))
             logger.info("resuming %s from step %d", self.out, start)
         else:
             if resume:
@@ -238,6 +276,7 @@ class Trainer:
             optimizer = self._optimizer(model)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
+        self._prepare_device(model, resume=bool(checkpoints))
         if not loss_trains(cfg.loss.name):
             logger.info("loss %r trains nothing: keeping the initial weights", cfg.loss.name)
         train_log = _CsvLog(self.out / "train_log.csv", ["step", "loss", "lr", "seconds"], start)
@@ -256,6 +295,7 @@ class Trainer:
         )
         began = time.perf_counter()
         running = None
+        self._feed = self._tuple_feed(start, last)  # an error in a step leaves it idle
         for step in bar:
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
@@ -280,8 +320,10 @@ class Trainer:
                     optimizer,
                     extra={"config": config_to_dict(cfg)},
                     keep=cfg.train.keep_checkpoints,
-                    state=self._mining_state(),
+                    state=self._checkpoint_state(),
                 )
+        if self._feed is not None:
+            self._feed.close()
         bar.close()
         return self.finish(model)
 
@@ -331,23 +373,85 @@ class Trainer:
     def train_step(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int
     ) -> float:
-        """One optimisation step on the tuple of ``step``; returns the loss value."""
-        rng = np.random.default_rng([self.config.train.seed, 2, step])
-        tup = self.sampler.sample(
-            rng, anchors=self.anchors_for(step), mining=self.mining_cache(model, step)
-        )
-        images = self.store.batch(self.train_rows[tup.indices]).to(self.device)
+        """One optimisation step on the tuple of ``step``; returns the loss value.
+
+        The tuple and its images come prepared ahead by the worker threads when mining is
+        off (the tuple is a function of (seed, step) alone), else they are made here.
+        """
+        prepared = self._take_prepared(step)
+        if prepared is None:
+            tup = self._draw_tuple(step, self.anchors_for(step), self.mining_cache(model, step))
+            host = self.pipeline.load(self.train_rows[tup.indices])
+        else:
+            tup, host = prepared
+        images = self.pipeline.to_device(host)
         distances = torch.from_numpy(tup.distances).float()
         optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(model(images), distances)
+        net = self._forward[1] if self._forward is not None and self._forward[0] is model else model
+        with autocast(self.device, self.config.train.amp):
+            descriptors = net(images)
+        loss = self.loss_fn(descriptors.float(), distances)  # the loss in float32
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite loss {loss.item()} at step {step}; lower train.lr or check the "
                 "data (the last checkpoint is kept; fix and rerun with --resume)"
             )
-        loss.backward()
-        optimizer.step()
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(optimizer)
+            self._scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         return float(loss.detach())
+
+    def _draw_tuple(
+        self, step: int, anchors: np.ndarray, mining: MiningCache | None
+    ) -> TrainingTuple:
+        """The tuple of ``step``: drawn from a generator seeded with (seed, step)."""
+        rng = np.random.default_rng([self.config.train.seed, 2, step])
+        return self.sampler.sample(rng, anchors=anchors, mining=mining)
+
+    def _tuple_feed(
+        self, start: int, stop: int
+    ) -> Lookahead[tuple[int, TrainingTuple, torch.Tensor]] | None:
+        """Tuples and their uint8 images of steps ``start .. stop - 1``, prepared
+        ``data.prefetch`` steps ahead by the workers (None when mining is on, since a mined
+        tuple needs the model of its step, or without workers)."""
+        if self.config.mining.enabled or self.pipeline.pool is None:
+            return None
+
+        def job(step: int):  # type: ignore[no-untyped-def]
+            anchors = self.anchors_for(step)  # in the training thread: it caches per epoch
+
+            def prepare() -> tuple[int, TrainingTuple, torch.Tensor]:
+                tup = self._draw_tuple(step, anchors, None)
+                return step, tup, self.pipeline.load(self.train_rows[tup.indices], False)
+
+            return prepare
+
+        return Lookahead(job, range(start, stop), self.pipeline.pool, self.config.data.prefetch)
+
+    def _take_prepared(self, step: int) -> tuple[TrainingTuple, torch.Tensor] | None:
+        """The prepared tuple of ``step`` from the feed (None without one)."""
+        if self._feed is None:
+            return None
+        prepared = next(self._feed, None)
+        if prepared is None or prepared[0] != step:  # not the step the feed expected
+            self._feed.close()
+            self._feed = None
+            return None
+        return prepared[1], prepared[2]
+
+    def _prepare_device(self, model: DescriptorModel, resume: bool) -> None:
+        """Memory format, compiled forward pass and gradient scaler of ``train.*``."""
+        cfg = self.config.train
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self._forward = (model, torch.compile(model)) if cfg.compile else None
+        scaler = grad_scaler(self.device, cfg.amp)
+        if not (resume and self._scaler is not None and scaler is not None):
+            self._scaler = scaler
 
     def anchors_for(self, step: int) -> np.ndarray:
         """The anchors of the epoch of ``step`` (positions in ``sampler.anchors``), drawn from
@@ -372,7 +476,14 @@ class Trainer:
             rng = np.random.default_rng([self.config.train.seed, 5, refreshed])
             size = min(cfg.cache_size, len(self.train_rows))
             rows = np.sort(rng.choice(len(self.train_rows), size, replace=False))
-            descriptors = extract_descriptors(model, self.store, self.train_rows[rows])
+            began = time.perf_counter()
+            descriptors = extract_descriptors(
+                model, self.pipeline, self.train_rows[rows], amp=self.config.train.amp
+            )
+            logger.info(
+                "mining refresh at step %d: %d images described in %.2f s",
+                refreshed, len(rows), time.perf_counter() - began,
+            )
             self._set_mining(refreshed, rows, descriptors, model)
         assert self._mining is not None
         return self._mining[1]
@@ -381,7 +492,8 @@ class Trainer:
         self, refreshed: int, rows: np.ndarray, descriptors: np.ndarray, model: torch.nn.Module
     ) -> None:
         def describe(row: int) -> np.ndarray:
-            return extract_descriptors(model, self.store, self.train_rows[[row]])[0]
+            rows = self.train_rows[[row]]
+            return extract_descriptors(model, self.pipeline, rows, amp=self.config.train.amp)[0]
 
         cache = MiningCache(rows, descriptors, describe, self.config.mining.hard_fraction)
         self._mining = (refreshed, cache)
@@ -396,6 +508,27 @@ class Trainer:
             "mining.rows": torch.from_numpy(cache.rows.astype(np.int64)),
             "mining.descriptors": torch.from_numpy(cache.descriptors),
         }
+
+    def _checkpoint_state(self) -> dict[str, torch.Tensor] | None:
+        """Tensors saved beside a checkpoint: the mining cache and the fp16 gradient scale."""
+        state = dict(self._mining_state() or {})
+        if self._scaler is not None:
+            scaler = self._scaler.state_dict()
+            state["amp.scale"] = torch.tensor([float(scaler.get("scale", 1.0))])
+            state["amp.growth_tracker"] = torch.tensor([int(scaler.get("_growth_tracker", 0))])
+        return state or None
+
+    def _restore_scaler(self, state: dict[str, torch.Tensor]) -> None:
+        """Take back the fp16 gradient scale saved with a checkpoint (when amp is fp16)."""
+        scaler = grad_scaler(self.device, self.config.train.amp)
+        if scaler is not None and "amp.scale" in state:
+            values = scaler.state_dict()
+            values.update(
+                scale=float(state["amp.scale"][0]),
+                _growth_tracker=int(state["amp.growth_tracker"][0]),
+            )
+            scaler.load_state_dict(values)
+        self._scaler = scaler
 
     def _restore_mining(self, state: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
         """Take back the mining cache saved with a checkpoint (if mining is on and it has one;
@@ -422,7 +555,7 @@ class Trainer:
             rng = np.random.default_rng([cfg.train.seed, 3])
             rows = rng.choice(self.train_rows, min(2000, len(self.train_rows)), replace=False)
             descriptors = extract_descriptors(
-                model, self.store, np.sort(rows), progress=self.progress, desc="whitening"
+                model, self.pipeline, np.sort(rows), progress=self.progress, desc="whitening"
             )
             model.set_whitening(fit_pca_whitening(descriptors, cfg.model.whitening_dim))
         path = Path(path) if path is not None else self.out / FINAL_MODEL

@@ -44,9 +44,23 @@ def test_missing_and_corrupt_images_name_the_file(tmp_path: Path) -> None:
     assert len(problems) == 2 and "bad.png" in problems[0] and "truncated.png" in problems[1]
 
 
-def test_store_caches_and_batches(street) -> None:
-    store = ImageStore([street.image_path(i) for i in range(4)], size=(16, 12))
-    batch = store.batch([0, 3])
+def test_store_batches_and_serves_from_the_disk_cache(street) -> None:
+    from softloc.data.image_cache import store_for_places
+
+    decoded = ImageStore([street.image_path(i) for i in range(len(street))], size=(16, 12))
+    cached = store_for_places(street, (16, 12))
+    batch = cached.batch([0, 3])
     assert batch.shape == (2, 3, 12, 16)
+    torch.testing.assert_close(batch, decoded.batch([0, 3]), rtol=0, atol=0)
     (street.image_path(0)).unlink()
-    assert store.get(0).shape == (12, 16, 3)  # served from memory
+    assert cached.get(0).shape == (12, 16, 3)  # served from the cache file
+    with pytest.raises(ImageError, match="image not found"):
+        decoded.get(0)
+
+
+def test_decompression_bomb_is_an_image_error(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 2,000 pixels: over twice the limit
+    with pytest.raises(ImageError, match="big.png: image too large.*Pillow's limit of 500"):
+        load_image(path)

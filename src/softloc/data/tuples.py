@@ -56,6 +56,25 @@ def subsample_by_spacing(xy: np.ndarray, spacing: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
+def _grid_points_near(arc: np.ndarray, offset: float, spacing: float) -> np.ndarray:
+    """The points of the grid ``offset + k * spacing`` (``0 <= offset + k * spacing <=
+    arc[-1]``) that can be the grid point nearest to some value of ``arc`` from either side.
+
+    Every frame's nearest grid points below and above it, and their neighbours, are kept: a
+    grid point whose nearest frame is frame i lies in frame i's interval of the arc, so the
+    grid point of that interval closest to frame i (one of those kept) picks frame i too. The
+    values are computed as ``np.arange(offset, arc[-1] + 1e-9, spacing)`` computes them.
+    """
+    count = int(np.ceil((arc[-1] + 1e-9 - offset) / spacing))
+    if count <= 0:
+        return np.zeros(0)
+    below = np.floor((arc - offset) / spacing).astype(np.int64)
+    ks = np.unique((below[:, None] + np.arange(-1, 3)[None, :]).ravel())
+    ks = ks[(ks >= 0) & (ks < count)]
+    delta = (offset + spacing) - offset  # the step np.arange fills with after its 2nd value
+    return np.where(ks == 1, offset + spacing, offset + ks * delta)
+
+
 @dataclass(frozen=True)
 class MiningCache:
     """Descriptors of a random sample of the sampler's places, for hard-example mining.
@@ -147,9 +166,14 @@ class TupleSampler:
     def epoch_anchors(self, rng: np.random.Generator) -> np.ndarray:
         """Anchors of one epoch, as positions in :attr:`anchors`.
 
-        One anchor every ``anchor_spacing`` metres of the reference drive, starting at an
-        offset drawn uniformly from ``[0, anchor_spacing)`` with ``rng`` (so each epoch sees
-        other frames); each target distance takes the usable frame nearest along the drive.
+        One anchor every ``anchor_spacing`` metres along each continuous stretch of the
+        reference drive: target distances lie on a grid of that spacing along the drive's arc,
+        starting at an offset drawn uniformly from ``[0, anchor_spacing)`` with ``rng`` (so
+        each epoch sees other frames), and each target takes the usable frame nearest along
+        the drive. Only the grid points next to a usable frame are formed (at most four per
+        frame), so a drive that jumps (several drives in one traversal, places kilometres
+        apart) costs memory in proportion to its frames, not to the distance it spans; the
+        result is the same as forming every grid point of the whole arc.
         """
         spacing = self.config.anchor_spacing
         if spacing <= 0:
@@ -157,7 +181,7 @@ class TupleSampler:
         offset = rng.uniform(0.0, spacing)
         if len(self._arc) == 1:
             return np.zeros(1, dtype=np.int64)
-        targets = np.arange(offset, self._arc[-1] + 1e-9, spacing)
+        targets = _grid_points_near(self._arc, offset, spacing)
         if len(targets) == 0:  # a drive shorter than the offset: one anchor
             targets = np.array([min(offset, self._arc[-1])])
         right = np.clip(np.searchsorted(self._arc, targets), 1, len(self._arc) - 1)
