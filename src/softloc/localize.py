@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from softloc.data.images import ImageError
 from softloc.data.places import PlaceTable
@@ -175,13 +174,11 @@ def _not_an_image(path: Path) -> str | None:
 
 
 def _decode_error(path: Path, error: Exception) -> str:
-    if isinstance(error, Image.DecompressionBombError):
-        return (f"{path}: image too large to decode safely ({error}); resize it below "
-                f"{Image.MAX_IMAGE_PIXELS} pixels (Pillow's decompression-bomb limit)")
+    # the image loader turns decode failures, decompression bombs included, into ImageError
     return str(error) if isinstance(error, ImageError) else f"{path}: cannot read ({error})"
 
 
-_IMAGE_ERRORS = (ImageError, Image.DecompressionBombError, OSError)
+_IMAGE_ERRORS = (ImageError, OSError)
 
 
 def localize_all(

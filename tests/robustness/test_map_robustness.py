@@ -259,7 +259,7 @@ def test_localize_reports_bad_images_and_goes_on(street, tmp_path, old_map, monk
     assert f"{empty_folder}: is a folder holding no images" in err
     assert f"{tmp_path / 'missing.png'}: image not found" in err
     assert f"{corrupt}: cannot decode image" in err
-    assert f"{huge}: image too large to decode safely" in err and "resize it" in err
+    assert f"{huge}: image too large" in err and "shrink the file" in err
     assert "4 of 6 image(s) could not be localized" in err
     assert checksums(old_map) == before
 
