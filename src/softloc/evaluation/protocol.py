@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from softloc.atomic import write_json, write_text
+from softloc.collapse import marked_name
 from softloc.data.places import PlaceTable
 from softloc.evaluation.metrics import DEFAULT_THRESHOLDS, RECALL_TOP_N
 from softloc.evaluation.report import (
@@ -140,7 +141,7 @@ def evaluate_maps(
     if not maps:
         raise ValueError("give at least one map to evaluate")
     results = {
-        name: evaluate_map(path, places, split=split, progress=progress)
+        marked_name(name, path): evaluate_map(path, places, split=split, progress=progress)
         for name, path in maps.items()
     }
     return write_results(results, out, title=f"top-N accuracy on split '{split}'")
