@@ -296,3 +296,43 @@ def test_without_stopping_the_run_goes_on_and_is_marked(street, tmp_path: Path) 
     assert extra["collapsed"] is True and extra["collapse_step"] == 6 and extra["step"] == 12
     assert "stopped_on_collapse" not in extra
     assert marked_name("triplet", path) == "triplet (collapsed at step 6)"
+
+
+# ------------------------------------------------------------------------------- marks
+
+
+def test_tables_and_report_mark_a_collapsed_model(street, tmp_path: Path) -> None:
+    from softloc.evaluation.protocol import evaluate_maps
+    from softloc.localize import build_map
+    from softloc.models import create_model, save_model
+    from softloc.report import build_report
+
+    collapsed = save_model(
+        create_model("small_gem", image_size=(32, 24)),
+        tmp_path / "runs" / "triplet" / "model.safetensors",
+        extra={"step": 3000, "collapsed": True, "collapse_step": 300},
+    )
+    healthy = save_model(create_model("raw_pixels", image_size=(32, 24)),
+                         tmp_path / "raw.safetensors", extra={"collapsed": False})
+    maps = {
+        "triplet": build_map(collapsed, street, tmp_path / "maps" / "triplet", progress=False),
+        "raw_pixels": build_map(healthy, street, tmp_path / "maps" / "raw", progress=False),
+    }
+    copied = json.loads((maps["triplet"] / "model.json").read_text())["extra"]
+    assert copied["collapsed"] is True and copied["collapse_step"] == 300  # the map's copy
+
+    table = evaluate_maps(maps, street, tmp_path / "eval", progress=False)
+    assert "| triplet (collapsed at step 300) |" in table and "| raw_pixels |" in table
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results) == {"triplet (collapsed at step 300)", "raw_pixels"}
+
+    out = tmp_path / "report"
+    build_report(list(maps.values()), street, out, tsne_points=30, gradcam_count=1,
+                 failure_count=1, progress=False)
+    assert "triplet (collapsed at step 300)" in (out / "results.md").read_text()
+    assert "triplet (collapsed at step 300)" in (out / "index.html").read_text()
+    tables = list((out / "tables").glob("*.csv"))
+    assert tables and all("triplet (collapsed at step 300)" in t.read_text() for t in tables)
+    models = {m["name"]: m["collapse"] for m in json.loads((out / "report.json").read_text())
+              ["models"]}
+    assert models == {"triplet": "(collapsed at step 300)", "raw": ""}
