@@ -217,7 +217,7 @@ def test_the_training_loss_of_a_constant_model_is_its_collapse_value(
                            torch.from_numpy(tup.distances).float())
     n_far = int((tup.distances[0, 1:] >= 8).sum())  # tuples.far_radius=8, margin 0.1
     assert float(loss.detach()) == pytest.approx(0.1 * n_far)
-    assert trainer.loss_fn.last_collapse_value == pytest.approx(float(loss))
+    assert trainer.loss_fn.last_collapse_value == pytest.approx(float(loss.detach()))
 
 
 def test_a_healthy_tiny_run_is_not_marked(street, tmp_path: Path) -> None:
@@ -336,3 +336,31 @@ def test_tables_and_report_mark_a_collapsed_model(street, tmp_path: Path) -> Non
     models = {m["name"]: m["collapse"] for m in json.loads((out / "report.json").read_text())
               ["models"]}
     assert models == {"triplet": "(collapsed at step 300)", "raw": ""}
+
+
+@pytest.mark.slow
+def test_the_demo_says_when_a_model_collapsed(tmp_path: Path, capsys) -> None:
+    from softloc.demo import run_demo
+
+    out = tmp_path / "demo"
+    run_demo(out, seed=3, quick=True, progress=False, losses=["triplet"])
+    assert "collapsed" not in capsys.readouterr().out
+    assert "triplet" in json.loads((out / "results.json").read_text())
+
+    # as if the probes of steps 2 and 4 had found no spread: the rerun (which resumes the
+    # finished run) reads the verdict back from val_log.csv and marks the model
+    log = out / "runs" / "triplet" / "val_log.csv"
+    rows = list(csv.DictReader(log.open()))
+    assert [r["step"] for r in rows] == ["0", "2", "4"]
+    for row in rows[1:]:
+        row["spread"], row["collapse_signal"] = "0", LOW_SPREAD
+    with log.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = run_demo(out, seed=3, quick=True, progress=False, losses=["triplet"])
+    printed = capsys.readouterr().out
+    assert "WARNING: triplet (collapsed at step 2)" in printed
+    assert "| triplet (collapsed at step 2) |" in table
+    assert "triplet (collapsed at step 2)" in json.loads((out / "results.json").read_text())
+    assert "triplet (collapsed at step 2)" in (out / "report" / "index.html").read_text()

@@ -235,7 +235,8 @@ class Trainer:
         self.collapse.restore(val_log.path)
         if start == 0 and (self.validation is not None or self.collapse.enabled):
             probe = self.collapse.after_step(model, 0, None)
-            val_log.write([0, self.validate(model), *(probe.cells() if probe else [])])
+            top1 = self.validate(model) if self.validation is not None else ""
+            val_log.write([0, top1, *(probe.cells() if probe else [])])
         model.train()
         trains = loss_trains(cfg.loss.name) and not self.collapse.stop
         last = cfg.train.steps if trains else start
