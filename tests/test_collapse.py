@@ -220,6 +220,14 @@ def test_the_training_loss_of_a_constant_model_is_its_collapse_value(
     assert trainer.loss_fn.last_collapse_value == pytest.approx(float(loss.detach()))
 
 
+def test_window_zero_turns_detection_off(street, tmp_path: Path) -> None:
+    trainer = Trainer(_config(tmp_path, "train.collapse_window=0"), tmp_path / "r",
+                      progress=False)
+    assert not trainer.collapse.enabled and trainer.collapse.model_extra() == {}
+    assert not hasattr(trainer.loss_fn, "last_collapse_value")
+    assert trainer.collapse.after_step(ConstantModel(), 3, 0.2) is None
+
+
 def test_a_healthy_tiny_run_is_not_marked(street, tmp_path: Path) -> None:
     out = tmp_path / "run"
     path = Trainer(_config(tmp_path), out, progress=False).run()
