@@ -194,7 +194,7 @@ def run_demo(
     for name, note in collapsed.items():
         # printed, not only logged: the comparison in the table does not hold for this model
         print(f"WARNING: {name} {note}: every image got nearly the same "
-              "descriptor, so its row compares a broken model (see README, 'Collapse')")
+              "descriptor, so its row compares a failed run (docs/losses.md, 'Collapse values')")
     marked = {marked_name(name, models[name]): value for name, value in results.items()}
     table = write_results(marked, out, title=title)
     build_report(
