@@ -273,6 +273,21 @@ class TrainConfig:
             )
         if self.val_every < 0 or self.val_queries < 1:
             raise ConfigError("train.val_every must be >= 0 and train.val_queries >= 1")
+        if self.collapse_window < 0 or self.collapse_spread < 0 or self.collapse_loss_tol < 0:
+            raise ConfigError(
+                "train.collapse_window, train.collapse_spread and train.collapse_loss_tol "
+                "must be >= 0"
+            )
+
+    # Collapse detection (softloc.collapse), probed at every validation (every checkpoint when
+    # validation is off): it fires when the probe images' mean pairwise descriptor distance is
+    # below collapse_spread, or the training loss sits within collapse_loss_tol (relative) of
+    # the loss's collapse value, at collapse_window probes in a row (0 turns it off).
+    # stop_on_collapse: stop then and keep the weights of the last healthy probe.
+    collapse_window: int = 2
+    collapse_spread: float = 0.01
+    collapse_loss_tol: float = 1e-3
+    stop_on_collapse: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from softloc.atomic import write_text
+from softloc.collapse import marked_name, model_collapse_note
 from softloc.config import RunConfig, load_config
 from softloc.data.places import PLACES_FILE, read_places
 from softloc.data.synthetic import TownConfig, generate_town
@@ -188,7 +189,14 @@ def run_demo(
         results[name] = evaluate_map(map_dir, places, split=config.split, progress=progress)
     minutes = (time.perf_counter() - began) / 60
     title = f"softloc demo (seed {config.seed}): top-N accuracy on the town's test region"
-    table = write_results(results, out, title=title)
+    collapsed = {name: model_collapse_note(path) for name, path in models.items()}
+    collapsed = {name: note for name, note in collapsed.items() if note}
+    for name, note in collapsed.items():
+        # printed, not only logged: the comparison in the table does not hold for this model
+        print(f"WARNING: {name} {note}: every image got nearly the same "
+              "descriptor, so its row compares a failed run (docs/losses.md, 'Collapse values')")
+    marked = {marked_name(name, models[name]): value for name, value in results.items()}
+    table = write_results(marked, out, title=title)
     build_report(
         [out / "maps" / name for name in models],
         places,

@@ -29,6 +29,8 @@ from softloc.checkpoints import (
     restore_optimizer,
     save_checkpoint,
 )
+from softloc.collapse import COLUMNS as COLLAPSE_COLUMNS
+from softloc.collapse import CollapseWatch
 from softloc.config import RunConfig, config_to_dict, save_config
 from softloc.data.image_cache import store_for_places
 from softloc.data.images import ImageStore, normalise
@@ -140,6 +142,8 @@ class Trainer:
         self.validation = self._validation_set()
         self._epoch_anchors: tuple[int, np.ndarray] | None = None
         self._mining: tuple[int, MiningCache] | None = None
+        self.collapse = CollapseWatch(self)
+        self.loss_fn = self.collapse.wrap_loss(self.loss_fn)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -280,11 +284,15 @@ class Trainer:
         if not loss_trains(cfg.loss.name):
             logger.info("loss %r trains nothing: keeping the initial weights", cfg.loss.name)
         train_log = _CsvLog(self.out / "train_log.csv", ["step", "loss", "lr", "seconds"], start)
-        val_log = _CsvLog(self.out / "val_log.csv", ["step", "top1"], start)
-        if start == 0 and self.validation is not None:
-            val_log.write([0, self.validate(model)])
+        val_log = _CsvLog(self.out / "val_log.csv", ["step", "top1", *COLLAPSE_COLUMNS], start)
+        self.collapse.restore(val_log.path)
+        if start == 0 and (self.validation is not None or self.collapse.enabled):
+            probe = self.collapse.after_step(model, 0, None)
+            top1 = self.validate(model) if self.validation is not None else ""
+            val_log.write([0, top1, *(probe.cells() if probe else [])])
         model.train()
-        last = cfg.train.steps if loss_trains(cfg.loss.name) else start
+        trains = loss_trains(cfg.loss.name) and not self.collapse.stop
+        last = cfg.train.steps if trains else start
         bar = tqdm(
             range(start, last),
             initial=start,
@@ -301,6 +309,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = self.train_step(model, optimizer, step)
+            probe = self.collapse.after_step(model, step + 1, loss)
             running = loss if running is None else 0.98 * running + 0.02 * loss
             done = step + 1
             if done % cfg.train.log_every == 0:
@@ -310,8 +319,12 @@ class Trainer:
                 done % cfg.train.val_every == 0
             ):
                 top1 = self.validate(model)
-                val_log.write([done, top1])
+                val_log.write([done, top1, *(probe.cells() if probe else [])])
                 bar.set_postfix(loss=f"{running:.4f}", val_top1=f"{top1:.3f}")
+            elif probe is not None:
+                val_log.write([done, "", *probe.cells()])
+            if self.collapse.stop:
+                break
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
                 save_checkpoint(
                     self.checkpoint_dir,
@@ -325,7 +338,9 @@ class Trainer:
         if self._feed is not None:
             self._feed.close()
         bar.close()
-        return self.finish(model)
+        if self.collapse.stop:
+            model = self.collapse.kept_model().to(self.device)
+        return self.finish(model, extra=self.collapse.model_extra())
 
     def check_images(self) -> None:
         """Stop before step 1 when an image training reads (training and validation rows) is
@@ -547,9 +562,14 @@ class Trainer:
             model,
         )
 
-    def finish(self, model: DescriptorModel, path: str | os.PathLike[str] | None = None) -> Path:
+    def finish(
+        self,
+        model: DescriptorModel,
+        path: str | os.PathLike[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
         """Fit the PCA-whitening if configured and write the model (default: the run's final
-        model file)."""
+        model file); ``extra`` adds to (or overrides) the sidecar's ``config`` and ``step``."""
         cfg = self.config
         if cfg.model.whitening_dim is not None:
             rng = np.random.default_rng([cfg.train.seed, 3])
@@ -559,7 +579,8 @@ class Trainer:
             )
             model.set_whitening(fit_pca_whitening(descriptors, cfg.model.whitening_dim))
         path = Path(path) if path is not None else self.out / FINAL_MODEL
-        save_model(model, path, extra={"config": config_to_dict(cfg), "step": cfg.train.steps})
+        extra = {"config": config_to_dict(cfg), "step": cfg.train.steps, **(extra or {})}
+        save_model(model, path, extra=extra)
         logger.info("wrote %s", path)
         return path
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from softloc.atomic import write_json, write_text
+from softloc.collapse import marked_name
 from softloc.confidence import fix_confidence, precision_coverage, threshold_for_precision
 from softloc.data.places import PlaceTable
 from softloc.evaluation.metrics import (
@@ -286,8 +287,8 @@ def evaluate_maps(
         raise ValueError("give at least one map to evaluate")
     claim_output_folder(out, "evaluation")
     results = {
-        name: evaluate_map(path, places, split=split, progress=progress,
-                           sequence_lengths=sequence_lengths)
+        marked_name(name, path): evaluate_map(path, places, split=split, progress=progress,
+                                              sequence_lengths=sequence_lengths)
         for name, path in maps.items()
     }
     return write_results(results, out, title=f"top-N accuracy on split '{split}'")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from softloc.atomic import write_json, write_text
+from softloc.collapse import marked_name, model_collapse_note
 from softloc.data.places import PlaceTable
 from softloc.evaluation.metrics import RECALL_TOP_N
 from softloc.evaluation.protocol import (
@@ -178,7 +179,8 @@ def build_report(
     missing = [r.name for r in runs if r.name not in results]
     if missing:
         raise ValueError(f"results lack the model(s) {missing}; pass results=None to evaluate")
-    results = {r.name: results[r.name] for r in runs}
+    # a collapsed model is named so in every table: "triplet (collapsed at step 300)"
+    results = {marked_name(r.name, r.map_dir): results[r.name] for r in runs}
     write_results(results, out, title=title)
     write_text(out / "curves.csv", curves_csv(results))
     files += ["results.json", "results.md", "curves.png", "curves.csv"]
@@ -218,7 +220,8 @@ def build_report(
         "seed": seed,
         "threshold_m": threshold_m,
         "models": [{"name": r.name, "source": str(r.source), "map": str(r.map_dir),
-                    "map_built_by_report": r.built} for r in runs],
+                    "map_built_by_report": r.built,
+                    "collapse": model_collapse_note(r.map_dir)} for r in runs],
         "sweeps": {kind: sorted(p.name for p in f.values()) for kind, f in sweep_copies.items()},
         "files": files,
     }
