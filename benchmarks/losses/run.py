@@ -255,8 +255,8 @@ def evaluate_with_hits(
     queries = query_places(places, the_map, split)
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     descriptors = extract_descriptors(model, store, progress=False, desc="queries")
-    _, retrieved = order_ties(*the_map.search(descriptors, max(RECALL_TOP_N)))
-    metrics = metrics_by_condition(queries, the_map.places.xy, retrieved)
+    scores, retrieved = order_ties(*the_map.search(descriptors, max(RECALL_TOP_N)))
+    metrics = metrics_by_condition(queries, the_map.places.xy, retrieved, scores=scores)
     first = retrieved[:, 0]
     error = np.linalg.norm(the_map.places.xy[np.maximum(first, 0)] - queries.xy, axis=1)
     hit = (first >= 0) & (error <= threshold)

@@ -48,7 +48,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from softloc.atomic import atomic_path, write_json, write_text, write_with
-from softloc.data.images import ImageError
+from softloc.data.images import ImageError, ImageTooLargeError
 from softloc.data.places import PLACES_FILE, PlaceTable, write_places
 from softloc.data.readers import FORMATS, read_dataset
 from softloc.data.readers.report import (
@@ -175,7 +175,7 @@ def _cache_or_problem(
         _cache_image(loader, source, target, max_side)
     except CacheWriteError:
         raise
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, ImageTooLargeError) as error:
         return Problem("image_too_large", str(source),
                        f"{error} Shrink the image (e.g. to 4000 px on the long side) or drop "
                        "its row"), None

@@ -26,6 +26,10 @@ class ImageError(ValueError):
     """An image is missing or cannot be decoded."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image is over Pillow's decompression-bomb limit (it is not decoded)."""
+
+
 def load_image(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB, resized to ``size`` = (width, height) if given.
 
@@ -45,7 +49,7 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] | None = None
                 image = image.resize(tuple(size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8).copy()
     except Image.DecompressionBombError as error:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{path}: image too large: {error}; it is over Pillow's limit of "
             f"{Image.MAX_IMAGE_PIXELS} pixels against decompression bombs: shrink the file, "
             "or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
