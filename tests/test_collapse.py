@@ -27,26 +27,7 @@ from softloc.collapse import (
 from softloc.config import ConfigError, load_config
 from softloc.losses import create_loss, soft_contrastive_loss
 from softloc.train import Trainer
-
-#: The tiny training run of tests/test_train.py.
-SMALL = [
-    "model.name=small_gem",
-    "data.image_width=32",
-    "data.image_height=24",
-    "tuples.n_near=2",
-    "tuples.n_far=2",
-    "tuples.near_radius=4",
-    "tuples.far_radius=8",
-    "tuples.far_spacing=4",
-    "train.steps=6",
-    "train.steps_per_epoch=3",
-    "train.checkpoint_every=2",
-    "train.keep_checkpoints=5",
-    "train.val_every=3",
-    "train.val_queries=10",
-    "train.log_every=1",
-    "train.lr=0.001",
-]
+from tests.tiny_run import SMALL, tiny_config
 
 
 def _line(positions: list[float]) -> np.ndarray:
@@ -189,7 +170,7 @@ class ConstantModel(torch.nn.Module):
 
 
 def _config(root: Path, *extra: str):
-    return load_config(None, [f"data.root={root}", *SMALL, *extra])
+    return tiny_config(root, *extra, base=SMALL)
 
 
 def test_the_detector_fires_on_a_constant_model_and_not_on_the_real_one(

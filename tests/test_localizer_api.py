@@ -130,7 +130,7 @@ def test_weighted_estimate_by_hand() -> None:
 
 
 def test_api_train_and_evaluate_entry_points(street, tmp_path: Path) -> None:
-    from tests.test_train import SMALL
+    from tests.tiny_run import SMALL
 
     model = softloc.train_model(None, tmp_path / "run", progress=False,
                           overrides=[f"data.root={street.root}", *SMALL, "train.steps=2"])

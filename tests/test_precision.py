@@ -11,30 +11,19 @@ import torch
 from safetensors.torch import load_file
 
 from softloc.checkpoints import list_checkpoints, load_state
-from softloc.config import ConfigError, load_config
+from softloc.config import ConfigError
 from softloc.extract import extract_descriptors, image_store
 from softloc.models import create_model
 from softloc.precision import autocast, grad_scaler
 from softloc.train import Trainer
+from tests.tiny_run import SMALL as BASE
+from tests.tiny_run import tiny_config
 
-SMALL = [
-    "model.name=small_gem",
-    "data.image_width=32",
-    "data.image_height=24",
-    "tuples.n_near=2",
-    "tuples.n_far=2",
-    "tuples.near_radius=4",
-    "tuples.far_radius=8",
-    "tuples.far_spacing=4",
-    "train.steps=4",
-    "train.checkpoint_every=2",
-    "train.val_every=0",
-    "train.lr=0.001",
-]
+SMALL = [*BASE, "train.steps=4", "train.val_every=0"]
 
 
 def _config(root: Path, *extra: str):
-    return load_config(None, [f"data.root={root}", *SMALL, *extra])
+    return tiny_config(root, *extra, base=SMALL)
 
 
 def test_unknown_amp_mode_is_a_config_error(tmp_path: Path) -> None:

@@ -10,29 +10,11 @@ from safetensors.torch import load_file
 from softloc.checkpoints import list_checkpoints
 from softloc.config import load_config
 from softloc.train import Trainer, TrainingError, learning_rate
-
-SMALL = [
-    "model.name=small_gem",
-    "data.image_width=32",
-    "data.image_height=24",
-    "tuples.n_near=2",
-    "tuples.n_far=2",
-    "tuples.near_radius=4",
-    "tuples.far_radius=8",
-    "tuples.far_spacing=4",
-    "train.steps=6",
-    "train.steps_per_epoch=3",
-    "train.checkpoint_every=2",
-    "train.keep_checkpoints=5",
-    "train.val_every=3",
-    "train.val_queries=10",
-    "train.log_every=1",
-    "train.lr=0.001",
-]
+from tests.tiny_run import SMALL, tiny_config
 
 
 def _config(root: Path, *extra: str):
-    return load_config(None, [f"data.root={root}", *SMALL, *extra])
+    return tiny_config(root, *extra)
 
 
 def test_learning_rate_halves_every_epoch(tmp_path: Path) -> None:

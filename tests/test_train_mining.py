@@ -10,34 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from softloc.checkpoints import list_checkpoints, load_state
-from softloc.config import ConfigError, TupleConfig, load_config
+from softloc.config import ConfigError, TupleConfig
 from softloc.data.tuples import MiningCache, TupleSampler
 from softloc.losses import available_losses
 from softloc.train import Trainer, TrainingError, build_loss
+from tests.tiny_run import MINING, tiny_config
+from tests.tiny_run import SMALL as BASE
 
-SMALL = [
-    "model.name=small_gem",
-    "data.image_width=32",
-    "data.image_height=24",
-    "tuples.n_near=2",
-    "tuples.n_far=2",
-    "tuples.near_radius=4",
-    "tuples.far_radius=8",
-    "tuples.far_spacing=4",
-    "tuples.anchor_spacing=3",
-    "train.steps=6",
-    "train.steps_per_epoch=3",
-    "train.checkpoint_every=2",
-    "train.keep_checkpoints=5",
-    "train.val_every=0",
-    "train.log_every=1",
-    "train.lr=0.001",
-]
-MINING = ["mining.enabled=true", "mining.cache_size=40", "mining.refresh_every=3"]
+SMALL = [*BASE, "tuples.anchor_spacing=3", "train.val_every=0"]
 
 
 def _config(root: Path, *extra: str):
-    return load_config(None, [f"data.root={root}", *SMALL, *extra])
+    return tiny_config(root, *extra, base=SMALL)
 
 
 # ------------------------------------------------------------------------------ sampler

@@ -12,38 +12,20 @@ import torch
 from safetensors.torch import load_file
 
 from softloc.checkpoints import list_checkpoints
-from softloc.config import load_config
 from softloc.data.images import ImageError, ImageStore, to_tensor
 from softloc.data.pipeline import ImagePipeline, Lookahead
 from softloc.extract import extract_descriptors, image_store
 from softloc.models import create_model
 from softloc.train import Trainer
+from tests.tiny_run import MINING, tiny_config
+from tests.tiny_run import SMALL as BASE
 
-SMALL = [
-    "model.name=small_netvlad",
-    "model.options={pooling_kwargs: {num_clusters: 4}}",
-    "data.image_width=32",
-    "data.image_height=24",
-    "tuples.n_near=2",
-    "tuples.n_far=2",
-    "tuples.near_radius=4",
-    "tuples.far_radius=8",
-    "tuples.far_spacing=4",
-    "tuples.anchor_spacing=3",
-    "train.steps=6",
-    "train.steps_per_epoch=3",
-    "train.checkpoint_every=2",
-    "train.keep_checkpoints=5",
-    "train.val_every=3",
-    "train.val_queries=10",
-    "train.log_every=1",
-    "train.lr=0.001",
-]
-MINING = ["mining.enabled=true", "mining.cache_size=40", "mining.refresh_every=3"]
+SMALL = [*BASE, "model.name=small_netvlad",
+         "model.options={pooling_kwargs: {num_clusters: 4}}", "tuples.anchor_spacing=3"]
 
 
 def _config(root: Path, *extra: str):
-    return load_config(None, [f"data.root={root}", *SMALL, *extra])
+    return tiny_config(root, *extra, base=SMALL)
 
 
 def _weights(config, out: Path) -> dict[str, torch.Tensor]:
