@@ -21,7 +21,7 @@ import torch
 from softloc.data.images import ImageError
 from softloc.data.places import PlaceTable
 from softloc.data.tuples import subsample_by_spacing
-from softloc.extract import extract_descriptors, image_store
+from softloc.extract import extract_descriptors, extract_over_ranks, image_store
 from softloc.mapping import MODEL_FILES, Map, MapError, check_map_target
 from softloc.models import load_model
 from softloc.output_folders import claim_output_folder
@@ -88,9 +88,12 @@ def build_map(
     model, _ = load_model(model_path)
     refs = select_references(places, split, traversal, spacing)
     store = image_store(model, [refs.image_path(i) for i in range(len(refs))])
-    descriptors = extract_descriptors(
-        model, store, batch_size=batch_size, progress=progress, desc="map"
+    # under torchrun each rank describes its block; rank 0 alone gathers, builds and saves
+    descriptors = extract_over_ranks(
+        model, store, batch_size=batch_size, progress=progress, desc="map", main_only=True
     )
+    if descriptors is None:
+        return Path(out)
     meta = {**model.meta, "source": str(model_path)}
     model_files = {name: Path(model_path).with_suffix(Path(name).suffix) for name in MODEL_FILES}
     the_map = Map.build(descriptors, refs, meta, index_kind=index_kind,
