@@ -131,14 +131,11 @@ def test_gather_rows_uneven_blocks_in_rank_order(tmp_path: Path) -> None:
     assert one["main"] is None
 
 
-def test_two_process_evaluate_and_map_build_equal_one_process(
+def test_two_process_map_build_writes_one_map_equal_to_one_process(
     long_street, tmp_path: Path, model_file: Path
 ) -> None:
-    data = long_street.root
     single_map = build_map(model_file, long_street, tmp_path / "map1", progress=False)
-    evaluate_maps({"map1": single_map}, long_street, tmp_path / "eval1", progress=False)
-
-    done = torchrun(["map", "build", "--model", str(model_file), "--data", str(data),
+    done = torchrun(["map", "build", "--model", str(model_file), "--data", str(long_street.root),
                      "--out", str(tmp_path / "map2")], clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     # one map, not one per rank: the same files as the single-process map
@@ -146,15 +143,22 @@ def test_two_process_evaluate_and_map_build_equal_one_process(
         p.name for p in single_map.iterdir())
     one, two = Map.load(single_map, verify=True), Map.load(tmp_path / "map2", verify=True)
     assert len(two) == len(one) > 64  # more than one batch: both ranks described references
-    assert np.array_equal(two.descriptors, one.descriptors)
+    assert np.array_equal(two.descriptors, one.descriptors)  # bit for bit
+    assert np.array_equal(two.places.path, one.places.path)
 
-    done = torchrun(["evaluate", "--map", str(single_map), "--data", str(data),
+
+def test_two_process_evaluate_equals_one_process_number_for_number(
+    long_street, tmp_path: Path, model_file: Path
+) -> None:
+    the_map = build_map(model_file, long_street, tmp_path / "map1", progress=False)
+    evaluate_maps({"map1": the_map}, long_street, tmp_path / "eval1", progress=False)
+    done = torchrun(["evaluate", "--map", str(the_map), "--data", str(long_street.root),
                      "--out", str(tmp_path / "eval2")], clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     single = json.loads((tmp_path / "eval1" / "results.json").read_text())
     double = json.loads((tmp_path / "eval2" / "results.json").read_text())
     assert single["map1"]["night"]["num_queries"] == 80  # two batches: one per rank
-    assert double == single  # every number, every key
+    assert double == single  # every number (floats included), every key
     assert (tmp_path / "eval2" / "results.md").read_text() == (
         tmp_path / "eval1" / "results.md").read_text()
 
