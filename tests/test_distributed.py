@@ -197,3 +197,6 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error_and_no_results(
     assert time.monotonic() - started < 90
     # nothing looks complete: no results.json (the evaluation's mark), no table
     assert not (out / "results.json").exists() and not (out / "results.md").exists()
+    # and a re-run (here single-process) takes the same --out and completes
+    evaluate_maps({"map": the_map}, long_street, out, progress=False)
+    assert json.loads((out / "results.json").read_text())["map"]["night"]["num_queries"] == 80

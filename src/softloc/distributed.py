@@ -133,8 +133,8 @@ def _collective_failed(step: str, error: Exception) -> DistributedError:
     return DistributedError(
         f"rank {rank()} of {world_size()}: {step} failed: another rank died or stalled past "
         f"the {timeout_s():g} s timeout ({type(error).__name__}: {str(error).splitlines()[0]}); "
-        "nothing of this run was written as complete: fix the failed rank (its own error is "
-        "above) and run the command again"
+        "nothing of this run was written as complete: see the failed rank's own error or exit "
+        "status in the log, fix it and run the command again"
     )
 
 
