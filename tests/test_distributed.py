@@ -131,18 +131,38 @@ def test_gather_rows_uneven_blocks_in_rank_order(tmp_path: Path) -> None:
     assert one["main"] is None
 
 
+BUILD_SCRIPT = """
+import sys
+from pathlib import Path
+from softloc import distributed
+from softloc.cli import main
+from softloc.mapping import Map
+model, data, out = sys.argv[1:4]
+status = main(["-q", "map", "build", "--model", model, "--data", data, "--out", out])
+# every rank returns once the one map is saved: each can open it at once
+Path(out + f".rank{distributed.rank()}").write_text(f"{status} {len(Map.load(out))}")
+"""
+
+
 def test_two_process_map_build_writes_one_map_equal_to_one_process(
     long_street, tmp_path: Path, model_file: Path
 ) -> None:
     single_map = build_map(model_file, long_street, tmp_path / "map1", progress=False)
-    done = torchrun(["map", "build", "--model", str(model_file), "--data", str(long_street.root),
-                     "--out", str(tmp_path / "map2")], clean_env())
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_SCRIPT)
+    out = tmp_path / "map2"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(script), str(model_file), str(long_street.root), str(out)]
+    done = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    # one map, not one per rank: the same files as the single-process map
-    assert sorted(p.name for p in (tmp_path / "map2").iterdir()) == sorted(
-        p.name for p in single_map.iterdir())
-    one, two = Map.load(single_map, verify=True), Map.load(tmp_path / "map2", verify=True)
+    one, two = Map.load(single_map, verify=True), Map.load(out, verify=True)
     assert len(two) == len(one) > 64  # more than one batch: both ranks described references
+    for r in (0, 1):
+        assert (tmp_path / f"map2.rank{r}").read_text() == f"0 {len(one)}"
+    # one map, not one per rank: the same files as the single-process map, nothing beside it
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single_map.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("map2")) == [
+        "map2", "map2.rank0", "map2.rank1"]
     assert np.array_equal(two.descriptors, one.descriptors)  # bit for bit
     assert np.array_equal(two.places.path, one.places.path)
 

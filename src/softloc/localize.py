@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from softloc import distributed
 from softloc.data.images import ImageError
 from softloc.data.places import PlaceTable
 from softloc.data.tuples import subsample_by_spacing
@@ -92,13 +93,16 @@ def build_map(
     descriptors = extract_over_ranks(
         model, store, batch_size=batch_size, progress=progress, desc="map", main_only=True
     )
-    if descriptors is None:
-        return Path(out)
+    if descriptors is None:  # another rank of a torchrun launch: wait until the map is saved
+        distributed.barrier("map saved")
+        return Path(os.path.abspath(out))
     meta = {**model.meta, "source": str(model_path)}
     model_files = {name: Path(model_path).with_suffix(Path(name).suffix) for name in MODEL_FILES}
     the_map = Map.build(descriptors, refs, meta, index_kind=index_kind,
                         index_options=index_options)
-    return the_map.save(out, overwrite=overwrite, model_files=model_files)
+    saved = the_map.save(out, overwrite=overwrite, model_files=model_files)
+    distributed.barrier("map saved")  # under torchrun: every rank returns once the map exists
+    return saved
 
 
 def load_map_model(map_dir: str | os.PathLike[str]) -> torch.nn.Module:

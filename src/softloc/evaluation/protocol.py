@@ -298,6 +298,9 @@ def evaluate_maps(
         for name, path in maps.items()
     }
     title = f"top-N accuracy on split '{split}'"
-    if not distributed.is_main():  # under torchrun rank 0 alone writes; the others had their part
-        return format_table(results) + "\n" + format_summary_table(results)
-    return write_results(results, out, title=title)
+    if distributed.is_main():  # under torchrun rank 0 alone writes; the others had their part
+        table = write_results(results, out, title=title)
+    else:
+        table = format_table(results) + "\n" + format_summary_table(results)
+    distributed.barrier("results written")  # every rank returns once results.json exists
+    return table
