@@ -111,8 +111,13 @@ r = distributed.rank()
 local = np.arange(3 * (3 - 2 * r), dtype=np.float32).reshape(-1, 3) + 100 * r  # 3 rows, 1 row
 every = distributed.gather_rows(local, step="t")
 main = distributed.gather_rows(local.astype(np.float16), step="t2", main_only=True)
+try:  # rows of another width on rank 1: both ranks refuse, neither waits forever
+    distributed.gather_rows(np.zeros((2, 3 + r), dtype=np.float32), step="bad")
+    refused = ""
+except distributed.DistributedError as error:
+    refused = str(error)
 json.dump({"every": every.tolist(), "main": None if main is None else main.tolist(),
-           "dtype": None if main is None else str(main.dtype)},
+           "dtype": None if main is None else str(main.dtype), "refused": refused},
           open(sys.argv[1] + f".{r}", "w"))
 """
 
@@ -129,6 +134,8 @@ def test_gather_rows_uneven_blocks_in_rank_order(tmp_path: Path) -> None:
     assert np.array_equal(zero["every"], expected) and np.array_equal(one["every"], expected)
     assert np.array_equal(zero["main"], expected) and zero["dtype"] == "float16"
     assert one["main"] is None
+    for result in (zero, one):
+        assert "bad: the ranks' rows differ in shape or dtype" in result["refused"]
 
 
 BUILD_SCRIPT = """
