@@ -108,6 +108,19 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_map_import(args: argparse.Namespace) -> int:
+    from softloc.map_import import import_map
+
+    out = import_map(
+        args.descriptors, args.places, args.out, index_kind=args.index, dtype=args.dtype,
+        normalize=args.normalize,
+        index_options={k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe),
+                                         ("nbits", args.nbits), ("m", args.pq_m)) if v is not None},
+    )
+    print(f"map: {out}")
+    return 0
+
+
 def _cmd_localize(args: argparse.Namespace) -> int:
     from softloc.atomic import write_text
     from softloc.localize import QueryFailure, expand_image_arguments, localize_all
@@ -401,6 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
     build.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
     build.set_defaults(func=_cmd_map_build)
+
+    imported = map_sub.add_parser(
+        "import", help="a map from descriptors computed elsewhere (.npy) and their places CSV")
+    imported.add_argument("--descriptors", required=True, type=Path,
+                          help=".npy of (N, D) descriptors, row i for places row i")
+    imported.add_argument("--places", required=True, type=Path,
+                          help="places CSV of the N references (image paths relative to it)")
+    imported.add_argument("--out", required=True, type=Path, help="map folder")
+    imported.add_argument("--normalize", action="store_true",
+                          help="L2-normalise the rows (else they must have norm 1)")
+    imported.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                          help="storage of descriptors.npy (float16: half the size)")
+    imported.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
+    imported.add_argument("--nlist", type=int, help="ivf/ivfpq: cells (default about 4 sqrt(N))")
+    imported.add_argument("--nprobe", type=int, help="ivf/ivfpq: cells searched per query (8)")
+    imported.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
+    imported.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
+    imported.set_defaults(func=_cmd_map_import)
 
     localize = sub.add_parser("localize", help="estimate the position of query images")
     localize.add_argument("--map", required=True, type=Path, help="map folder")

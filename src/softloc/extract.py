@@ -89,3 +89,37 @@ def extract_descriptors(
         out_dim = int(getattr(model, "out_dim", 0))
         return np.zeros((0, out_dim), dtype=np.float32)
     return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def extract_over_ranks(
+    model: torch.nn.Module,
+    store: ImageStore | ImagePipeline,
+    indices: Sequence[int] | np.ndarray | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "extract",
+    amp: str = "off",
+    main_only: bool = False,
+) -> np.ndarray | None:
+    """:func:`extract_descriptors` split over the processes of a torchrun launch.
+
+    Each rank describes its block of whole batches (:func:`softloc.distributed.shard_rows`)
+    and the blocks are gathered in row order (:func:`softloc.distributed.gather_rows`) before
+    the caller computes any metric or index, so the result equals a single process's bit for
+    bit. In a single process this is :func:`extract_descriptors` itself.
+
+    Args:
+        main_only: gather on rank 0 only; the other ranks get None (a map build).
+    """
+    from softloc import distributed
+
+    if distributed.world_size() == 1:
+        return extract_descriptors(model, store, indices, batch_size, progress, desc, amp)
+    size = len(store.store if isinstance(store, ImagePipeline) else store)
+    rows = np.arange(size) if indices is None else np.asarray(indices, dtype=np.int64)
+    device = next(model.parameters(), torch.empty(0)).device
+    distributed.init_process_group(device)
+    mine = distributed.shard_rows(rows, batch_size)
+    local = extract_descriptors(model, store, mine, batch_size, progress and distributed.is_main(),
+                                desc, amp)
+    return distributed.gather_rows(local, step=desc, device=device, main_only=main_only)

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from softloc import distributed
 from softloc.data.images import ImageError
 from softloc.data.places import PlaceTable
 from softloc.data.tuples import subsample_by_spacing
-from softloc.extract import extract_descriptors, image_store
+from softloc.extract import extract_descriptors, extract_over_ranks, image_store
 from softloc.mapping import MODEL_FILES, Map, MapError, check_map_target
 from softloc.models import load_model
 from softloc.output_folders import claim_output_folder
@@ -88,14 +89,20 @@ def build_map(
     model, _ = load_model(model_path)
     refs = select_references(places, split, traversal, spacing)
     store = image_store(model, [refs.image_path(i) for i in range(len(refs))])
-    descriptors = extract_descriptors(
-        model, store, batch_size=batch_size, progress=progress, desc="map"
+    # under torchrun each rank describes its block; rank 0 alone gathers, builds and saves
+    descriptors = extract_over_ranks(
+        model, store, batch_size=batch_size, progress=progress, desc="map", main_only=True
     )
+    if descriptors is None:  # another rank of a torchrun launch: wait until the map is saved
+        distributed.barrier("map saved")
+        return Path(os.path.abspath(out))
     meta = {**model.meta, "source": str(model_path)}
     model_files = {name: Path(model_path).with_suffix(Path(name).suffix) for name in MODEL_FILES}
     the_map = Map.build(descriptors, refs, meta, index_kind=index_kind,
                         index_options=index_options)
-    return the_map.save(out, overwrite=overwrite, model_files=model_files)
+    saved = the_map.save(out, overwrite=overwrite, model_files=model_files)
+    distributed.barrier("map saved")  # under torchrun: every rank returns once the map exists
+    return saved
 
 
 def load_map_model(map_dir: str | os.PathLike[str]) -> torch.nn.Module:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from softloc import distributed
 from softloc.atomic import write_json, write_text
 from softloc.collapse import marked_name
 from softloc.confidence import fix_confidence, precision_coverage, threshold_for_precision
@@ -34,7 +35,7 @@ from softloc.evaluation.report import (
     format_table,
     plot_curves,
 )
-from softloc.extract import extract_descriptors, image_store
+from softloc.extract import extract_over_ranks, image_store
 from softloc.localize import load_map_model
 from softloc.mapping import Map
 from softloc.output_folders import claim_output_folder
@@ -159,7 +160,8 @@ def evaluate_map(
     queries = query_places(places, the_map, split)
     warn_if_unrelated(the_map, places, queries, max(thresholds), label=str(map_dir))
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
-    descriptors = extract_descriptors(model, store, progress=progress, desc="queries")
+    # split over the ranks of a torchrun launch, gathered in row order before any metric
+    descriptors = extract_over_ranks(model, store, progress=progress, desc="queries")
     scores, retrieved = order_ties(*the_map.search(descriptors, top_k))
     results = metrics_by_condition(queries, the_map.places.xy, retrieved, thresholds,
                                    scores=scores)
@@ -257,15 +259,19 @@ def metrics_by_condition(
 def write_results(
     results: Mapping[str, Mapping[str, Any]], out: str | os.PathLike[str], title: str = ""
 ) -> str:
-    """Write ``results.json``, ``results.md`` and ``curves.png``; return the Markdown table."""
+    """Write ``results.md``, the plots, then ``results.json``; return the Markdown table.
+
+    ``results.json`` (the mark of a complete evaluation) is written last, so a run stopped
+    part-way never leaves one beside missing tables or plots.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RESULTS_JSON, results)
     table = format_table(results) + "\n" + format_summary_table(results)
     write_text(out / RESULTS_TABLE, (f"# {title}\n\n" if title else "") + table)
     curves, upper = curves_from_results(results)
     plot_curves(curves, upper, out / CURVES_PNG, title=title or None)
     plot_precision_coverage(results, out / PRECISION_COVERAGE_PNG)
+    write_json(out / RESULTS_JSON, results)
     return table
 
 
@@ -291,4 +297,10 @@ def evaluate_maps(
                                               sequence_lengths=sequence_lengths)
         for name, path in maps.items()
     }
-    return write_results(results, out, title=f"top-N accuracy on split '{split}'")
+    title = f"top-N accuracy on split '{split}'"
+    if distributed.is_main():  # under torchrun rank 0 alone writes; the others had their part
+        table = write_results(results, out, title=title)
+    else:
+        table = format_table(results) + "\n" + format_summary_table(results)
+    distributed.barrier("results written")  # every rank returns once results.json exists
+    return table
