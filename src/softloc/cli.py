@@ -174,9 +174,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     claim_output_folder(args.out, "evaluation")  # before reading anything
     places = read_places(args.data)
     maps = dict(zip(model_names(args.map), map(Path, args.map), strict=True))
+    from softloc.distributed import is_main
+
     table = evaluate_maps(maps, places, args.out, split=args.split, progress=not args.quiet,
                           sequence_lengths=args.sequence or ())
-    print(table)
+    if is_main():  # under torchrun every rank holds the table; one prints it
+        print(table)
     return 0
 
 
