@@ -96,8 +96,8 @@ def warn_if_unrelated(
     """
     warnings = []
     name = label or "the map"
-    map_root = os.path.abspath(the_map.places.root)
-    data_root = os.path.abspath(places.root)
+    map_root = os.path.realpath(the_map.places.root)
+    data_root = os.path.realpath(places.root)
     if map_root != data_root:
         warnings.append(
             f"{name} was built from images under {map_root}, but the queries come from "
