@@ -153,6 +153,17 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from softloc.serve.run import serve
+
+    sequence = {"temperature": args.temperature, "max_speed": args.max_speed,
+                "max_gap": args.max_gap}
+    serve(args.map, host=args.host, port=args.port, workers=args.workers, k=args.top_k,
+          estimate=args.estimate, token=args.token, max_upload_mb=args.max_upload_mb,
+          max_images=args.max_images, sequence=sequence, session_expiry_s=args.session_expiry)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from softloc.data.places import read_places
     from softloc.evaluation.protocol import evaluate_maps, model_names
@@ -426,6 +437,30 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--max-gap", type=float, default=10.0,
                           help="sequence: a longer time step resets the filter")
     localize.set_defaults(func=_cmd_localize)
+
+    serve_parser = sub.add_parser("serve", help="localization over HTTP (docs/serve.md)")
+    serve_parser.add_argument("--map", required=True, type=Path, help="map folder")
+    serve_parser.add_argument("--host", default="127.0.0.1",
+                              help="address to bind (default loopback only)")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--workers", type=int, default=1,
+                              help="processes, each with its own copy of the model")
+    serve_parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN'")
+    serve_parser.add_argument("--max-upload-mb", type=float, default=20.0,
+                              help="largest request body (MiB)")
+    serve_parser.add_argument("--max-images", type=int, default=32,
+                              help="most images per request")
+    serve_parser.add_argument("--top-k", type=int, default=5)
+    serve_parser.add_argument("--estimate", choices=["top1", "weighted"], default="top1")
+    serve_parser.add_argument("--temperature", type=float, default=0.05,
+                              help="sequence: emission temperature")
+    serve_parser.add_argument("--max-speed", type=float, default=20.0,
+                              help="sequence: metres per time unit")
+    serve_parser.add_argument("--max-gap", type=float, default=10.0,
+                              help="sequence: a longer time step resets the filter")
+    serve_parser.add_argument("--session-expiry", type=float, default=600.0,
+                              help="sequence: seconds an idle session is kept")
+    serve_parser.set_defaults(func=_cmd_serve)
 
     evaluate = sub.add_parser("evaluate", help="top-N accuracy per condition")
     evaluate.add_argument("--map", required=True, action="append", help="map folder (repeat)")
