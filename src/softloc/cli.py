@@ -164,6 +164,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from softloc.export.hloc import export_features, export_pairs
+    from softloc.output_folders import check_writable
+
+    if args.out.exists() and not args.overwrite:  # before any work
+        raise ValueError(f"{args.out} exists; pass --overwrite to replace it, or choose "
+                         "another --out")
+    check_writable(args.out.parent)
+    if args.export_command == "hloc":
+        refs, queries = export_features(args.map, args.out, args.queries, as_half=args.as_half)
+        print(f"{refs} reference(s) and {queries} query(ies) written to {args.out}")
+    else:
+        lines = export_pairs(args.map, args.queries, args.num_matched, args.out)
+        print(f"{lines} pair(s) written to {args.out}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from softloc.data.places import read_places
     from softloc.evaluation.protocol import evaluate_maps, model_names
@@ -461,6 +478,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--session-expiry", type=float, default=600.0,
                               help="sequence: seconds an idle session is kept")
     serve_parser.set_defaults(func=_cmd_serve)
+
+    export = sub.add_parser("export", help="files for other tools (hloc)")
+    export_sub = export.add_subparsers(dest="export_command", required=True)
+    hloc = export_sub.add_parser("hloc", help="hloc global-feature HDF5 of a map (+ queries)")
+    pairs = export_sub.add_parser("pairs", help="hloc retrieval pairs from a map's index")
+    for one in (hloc, pairs):
+        one.add_argument("--map", required=True, type=Path, help="map folder")
+        one.add_argument("--out", required=True, type=Path, help="file to write")
+        one.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    hloc.add_argument("--queries", type=Path,
+                      help="folder of query images, or a text file with one path per line")
+    hloc.add_argument("--as-half", action="store_true", help="store float16, as hloc can")
+    pairs.add_argument("--queries", required=True, type=Path,
+                       help="folder of query images, or a text file with one path per line")
+    pairs.add_argument("--num-matched", type=int, default=10, help="references per query")
+    hloc.set_defaults(func=_cmd_export)
+    pairs.set_defaults(func=_cmd_export)
 
     evaluate = sub.add_parser("evaluate", help="top-N accuracy per condition")
     evaluate.add_argument("--map", required=True, action="append", help="map folder (repeat)")
