@@ -135,3 +135,40 @@ def test_names_that_cannot_be_group_paths_are_refused(tmp_path: Path) -> None:
     (tmp_path / "not.h5").write_text("text")
     with pytest.raises(HlocError, match="HDF5"):
         read_global_features(tmp_path / "not.h5")
+
+
+def write_like_hloc(path: Path, names: list[str], descriptors: np.ndarray) -> None:
+    """As hloc.extract_features writes global features with as_half: fp16, nested groups."""
+    with h5py.File(str(path), "a", libver="latest") as fd:
+        for name, row in zip(names, descriptors, strict=True):
+            grp = fd.create_group(name)
+            grp.create_dataset("global_descriptor", data=row.astype(np.float16))
+
+
+def test_map_import_builds_a_map_from_another_extractors_file(street, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    names = [str(p) for p in street.path]
+    raw = rng.normal(size=(len(names), 16)).astype(np.float32)
+    feats = tmp_path / "global-feats-netvlad.h5"
+    write_like_hloc(feats, names, raw * 3.0)  # not unit length: the import normalises
+    out = tmp_path / "imported"
+    assert main(["-q", "map", "import", "--hloc", str(feats), "--places",
+                 str(street.root / "places.csv"), "--out", str(out)]) == 0
+    the_map = softloc.Map.open(out)
+    stored = (raw * 3.0).astype(np.float16).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    assert len(the_map) == len(names) and the_map.dim == 16
+    np.testing.assert_allclose(the_map.descriptors, stored, atol=1e-6)
+    assert [str(p) for p in the_map.places.path] == names
+    _, rows = the_map.search(stored[[7, 30]], 1)
+    assert rows[:, 0].tolist() == [7, 30]
+
+
+def test_map_import_refuses_places_without_descriptors(street, tmp_path: Path, capsys) -> None:
+    names = [str(p) for p in street.path]
+    feats = tmp_path / "feats.h5"
+    write_like_hloc(feats, names[:-2], np.ones((len(names) - 2, 4), dtype=np.float32))
+    out = tmp_path / "imported"
+    assert main(["-q", "map", "import", "--hloc", str(feats), "--places",
+                 str(street.root / "places.csv"), "--out", str(out)]) == 2
+    assert "2 of the" in capsys.readouterr().err and not out.exists()

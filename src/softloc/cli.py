@@ -108,6 +108,15 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_map_import(args: argparse.Namespace) -> int:
+    from softloc.export.hloc import import_map
+
+    out = import_map(args.hloc, args.places, args.out, index_kind=args.index,
+                     overwrite=args.overwrite)
+    print(f"map: {out}")
+    return 0
+
+
 def _cmd_localize(args: argparse.Namespace) -> int:
     from softloc.atomic import write_text
     from softloc.localize import QueryFailure, expand_image_arguments, localize_all
@@ -429,6 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
     build.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
     build.set_defaults(func=_cmd_map_build)
+
+    imported = map_sub.add_parser("import", help="a map from another extractor's descriptors")
+    imported.add_argument("--hloc", required=True, type=Path,
+                          help="hloc global-feature HDF5 (e.g. global-feats-netvlad.h5)")
+    imported.add_argument("--places", required=True, type=Path,
+                          help="places CSV of the references (paths = names in the file)")
+    imported.add_argument("--out", required=True, type=Path, help="map folder to write")
+    imported.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
+    imported.add_argument("--overwrite", action="store_true", help="replace an existing map")
+    imported.set_defaults(func=_cmd_map_import)
 
     localize = sub.add_parser("localize", help="estimate the position of query images")
     localize.add_argument("--map", required=True, type=Path, help="map folder")

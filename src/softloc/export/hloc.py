@@ -195,3 +195,36 @@ def export_pairs(map_dir: str | os.PathLike[str], queries: str | os.PathLike[str
     matched = [[str(the_map.places.path[r]) for r in row if r >= 0] for row in rows]
     write_pairs(out, query_names, matched)
     return sum(len(m) for m in matched)
+
+
+def import_map(features: str | os.PathLike[str], places_csv: str | os.PathLike[str],
+               out: str | os.PathLike[str], index_kind: str = "flat",
+               overwrite: bool = False) -> Path:
+    """A map of the references in ``places_csv`` with the descriptors another extractor wrote
+    into an hloc global-feature file (each row's ``path`` is its image name there).
+
+    Descriptors are L2-normalised (retrieval ranks by inner product). The map holds no model,
+    so it cannot describe new queries: it is for comparing extractors' descriptors.
+    """
+    from softloc.data.places import read_places
+    from softloc.mapping import Map, check_map_target
+    from softloc.output_folders import claim_output_folder
+
+    claim_output_folder(out, "map", allow=("dataset",))
+    check_map_target(out, overwrite=overwrite)
+    places = read_places(places_csv)
+    names = [str(p) for p in places.path]
+    available = set(list_names(features))
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise HlocError(f"{features}: {len(missing)} of the {len(names)} places of "
+                        f"{places_csv} have no descriptor (first: {missing[:3]}); the places' "
+                        "paths must be the image names of the feature file")
+    _, descriptors = read_global_features(features, names)
+    norms = np.linalg.norm(descriptors, axis=1, keepdims=True)
+    if not np.all(np.isfinite(descriptors)) or (norms == 0).any():
+        raise HlocError(f"{features}: NaN, infinite or all-zero descriptors; re-extract them")
+    meta = {"name": f"hloc:{Path(features).stem}", "source": str(Path(features).resolve()),
+            "imported_from": "hloc global features"}
+    the_map = Map.build(descriptors / norms, places, meta, index_kind=index_kind)
+    return the_map.save(out, overwrite=overwrite)
