@@ -14,13 +14,12 @@ With a token, every endpoint but ``/health`` needs ``Authorization: Bearer <toke
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import hmac
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from softloc.data.images import ImageError
 from softloc.localizer import SEQUENCE_CANDIDATES, Localizer, make_fix
 from softloc.mapping import MapError
 from softloc.sequence import SequenceConfig
+from softloc.serve.batching import Batcher
 from softloc.serve.limits import BodyLimit
 from softloc.serve.sessions import SessionStore, filter_step
 from softloc.serve.uploads import UploadError, decode_upload
@@ -85,6 +85,8 @@ def create_app(
     session_expiry_s: float = 600.0,
     max_sessions: int = 10_000,
     clock: Callable[[], float] = time.monotonic,
+    batch_wait_ms: float = 5.0,
+    max_batch: int = 64,
 ) -> FastAPI:
     """The service for the map in ``map_dir`` (its model and index are loaded here, once).
 
@@ -99,6 +101,8 @@ def create_app(
         sequence: the sequence filter's parameters (default :class:`SequenceConfig`).
         session_expiry_s, max_sessions: how long and how many sequence sessions are kept.
         clock: monotonic seconds for session expiry (tests inject one).
+        batch_wait_ms, max_batch: requests arriving within this many ms share one forward
+            pass of at most ``max_batch`` images (:mod:`.batching`).
 
     Raises:
         MapError: the map cannot be opened.
@@ -108,12 +112,18 @@ def create_app(
     localizer = Localizer(map_dir, k=k, estimate=estimate)
     config = sequence or SequenceConfig()
     sessions = SessionStore(session_expiry_s, max_sessions, clock)
-    lock = threading.Lock()  # one forward + search at a time: the model is shared
+    batcher = Batcher(localizer.describe, batch_wait_ms, max_batch)  # the model's one user
     the_map = localizer.map
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
     app = FastAPI(title="softloc", summary="visual localization by image retrieval",
-                  version="1")
+                  version="1", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 2**20))
-    app.state.localizer, app.state.sessions = localizer, sessions
+    app.state.localizer, app.state.sessions, app.state.batcher = localizer, sessions, batcher
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -155,18 +165,20 @@ def create_app(
             names.append(name)
         return names, images, form
 
+    def retrieve(images: list, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and squared distances of each image's ``width`` nearest references."""
+        scores, rows = the_map.search(batcher.describe(images), width)
+        return rows, np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0)
+
     def localize(names: list[str], images: list) -> list[dict]:
-        with lock:
-            fixes = localizer.localize(images)
-        return [dataclasses.replace(f, image=n).to_dict() for f, n in zip(fixes, names,
-                                                                          strict=True)]
+        rows, distances = retrieve(images, localizer.k)  # as Localizer.localize
+        return [make_fix(n, r, d, the_map, localizer.estimate, localizer.radius,
+                         k=localizer.k).to_dict()
+                for n, r, d in zip(names, rows, distances, strict=True)]
 
     def localize_sequence(names: list[str], images: list, stamps: list[float | None],
                           session: str | None) -> list[dict]:
-        width = max(localizer.k, SEQUENCE_CANDIDATES)
-        with lock:
-            scores, rows = the_map.search(localizer.describe(images), width)
-        distances = np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0)
+        rows, distances = retrieve(images, max(localizer.k, SEQUENCE_CANDIDATES))
         state = sessions.get(session) if session else None
         out = []
         for name, r, d, stamp in zip(names, rows, distances, stamps, strict=True):
