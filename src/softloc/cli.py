@@ -169,7 +169,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 "max_gap": args.max_gap}
     serve(args.map, host=args.host, port=args.port, workers=args.workers, k=args.top_k,
           estimate=args.estimate, token=args.token, max_upload_mb=args.max_upload_mb,
-          max_images=args.max_images, sequence=sequence, session_expiry_s=args.session_expiry)
+          max_images=args.max_images, sequence=sequence, session_expiry_s=args.session_expiry,
+          batch_wait_ms=args.batch_wait_ms)
     return 0
 
 
@@ -496,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="sequence: a longer time step resets the filter")
     serve_parser.add_argument("--session-expiry", type=float, default=600.0,
                               help="sequence: seconds an idle session is kept")
+    serve_parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                              help="requests arriving within this wait share a forward (0: off)")
     serve_parser.set_defaults(func=_cmd_serve)
 
     export = sub.add_parser("export", help="files for other tools (hloc)")

@@ -24,7 +24,8 @@ def test_waiting_requests_share_one_forward_and_get_their_own_rows() -> None:
     results: dict[int, np.ndarray] = {}
 
     def ask(first: int, count: int) -> None:
-        results[first] = batcher.describe(list(range(first, first + count)))
+        with batcher.request():
+            results[first] = batcher.describe(list(range(first, first + count)))
 
     threads = [threading.Thread(target=ask, args=(0, 1))]
     threads[0].start()
@@ -57,4 +58,11 @@ def test_a_failed_forward_reaches_every_waiting_request() -> None:
         batcher.describe([1, 2, 3])
     with pytest.raises(ValueError, match="image 3"):  # and the worker lives on
         batcher.describe([4])
+    batcher.close()
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    batcher = Batcher(lambda images: np.zeros((len(images), 1)), wait_ms=60_000)
+    with batcher.request():
+        assert batcher.describe([1, 2]).shape == (2, 1)  # would hang a minute if it waited
     batcher.close()

@@ -228,22 +228,24 @@ def create_app(
     async def localize_images(request: Request) -> JSONResponse:
         """Localize each image on its own: one fix per image, in order."""
         authorize(request)
-        names, images, _ = await read_images(request, ("image", "images"))
-        return JSONResponse(await _run(localize, names, images))
+        with batcher.request():
+            names, images, _ = await read_images(request, ("image", "images"))
+            return JSONResponse(await _run(localize, names, images))
 
     @app.post("/localize/sequence", openapi_extra={"requestBody": _SEQUENCE_BODY},
               responses=_FIXES_RESPONSE)
     async def localize_frames(request: Request) -> JSONResponse:
         """Filter ordered frames; with ``session`` the filter continues from the last call."""
         authorize(request)
-        names, images, form = await read_images(request, ("images", "image"))
-        stamps = _timestamps(form.getlist("timestamps"), len(images))
-        session = form.get("session")
-        if session is not None and (not isinstance(session, str) or not session.strip()
-                                    or len(session) > MAX_SESSION_CHARS):
-            raise UploadError(400, f"session must be a non-empty text field of at most "
-                                   f"{MAX_SESSION_CHARS} characters")
-        return JSONResponse(await _run(localize_sequence, names, images, stamps, session))
+        with batcher.request():
+            names, images, form = await read_images(request, ("images", "image"))
+            stamps = _timestamps(form.getlist("timestamps"), len(images))
+            session = form.get("session")
+            if session is not None and (not isinstance(session, str) or not session.strip()
+                                        or len(session) > MAX_SESSION_CHARS):
+                raise UploadError(400, f"session must be a non-empty text field of at most "
+                                       f"{MAX_SESSION_CHARS} characters")
+            return JSONResponse(await _run(localize_sequence, names, images, stamps, session))
 
     return app
 

@@ -3,16 +3,18 @@
 Each request hands its images to :meth:`Batcher.describe` and waits. One worker thread takes
 the first waiting request, gathers whatever else arrives within ``wait_ms`` (up to
 ``max_batch`` images), runs the model once over all of them and hands each request its rows.
-A lone request waits at most ``wait_ms`` longer than it would alone; under load the model sees
-larger batches, which is where a GPU (and, less so, a CPU) gets its throughput.
+The wait happens only while other requests are under way (:meth:`Batcher.request`), so a lone
+request does not wait; under load the model sees larger batches, which is where a GPU (and,
+less so, a CPU) gets its throughput.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -37,6 +39,20 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches = 0  # forwards run, for the benchmark and tests
+        self._active = 0  # requests being received that will call describe
+        self._active_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Mark a request as under way (its upload still arriving): a batch waits for it only
+        while such requests exist, so a lone request does not wait at all."""
+        with self._active_lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active -= 1
 
     def describe(self, images: Sequence[Any]) -> np.ndarray:
         """The images' descriptors, computed in a batch with other waiting requests."""
@@ -69,6 +85,8 @@ class Batcher:
             deadline = time.monotonic() + self.wait_s
             while count < self.max_batch:
                 left = deadline - time.monotonic()
+                if self._active <= len(batch):  # nobody else is coming: take what is queued
+                    left = 0.0
                 try:
                     item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
