@@ -136,7 +136,9 @@ def create_app(
                                      "'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_images(request: Request, fields: tuple[str, ...]) -> tuple[list, list, Any]:
+    async def read_images(request: Request, fields: tuple[str, ...]) -> tuple[list, list, dict]:
+        """(names, decoded images, the text fields) of a multipart request; the form's
+        temporary files are closed before returning."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             raise UploadError(415, f"content type {kind or 'none'!r}: send the images as "
@@ -147,6 +149,12 @@ def create_app(
             status = 413 if "too many" in str(error.detail).lower() else 400
             raise UploadError(status, f"cannot read the form: {error.detail} (at most "
                                       f"{max_images} images per request)") from None
+        try:
+            return await _read_form(form, fields)
+        finally:
+            await form.close()
+
+    async def _read_form(form: Any, fields: tuple[str, ...]) -> tuple[list, list, dict]:
         uploads = [v for f in fields for v in form.getlist(f)]
         if not uploads:
             raise UploadError(400, f"no image: send a file in the form field "
@@ -163,7 +171,8 @@ def create_app(
             images.append(await run_in_threadpool(
                 decode_upload, data, name, upload.content_type, max_pixels))
             names.append(name)
-        return names, images, form
+        texts = {key: form.getlist(key) for key in ("timestamps", "session")}
+        return names, images, texts
 
     def retrieve(images: list, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and squared distances of each image's ``width`` nearest references."""
@@ -239,8 +248,8 @@ def create_app(
         authorize(request)
         with batcher.request():
             names, images, form = await read_images(request, ("images", "image"))
-            stamps = _timestamps(form.getlist("timestamps"), len(images))
-            session = form.get("session")
+            stamps = _timestamps(form["timestamps"], len(images))
+            session = form["session"][0] if form["session"] else None
             if session is not None and (not isinstance(session, str) or not session.strip()
                                         or len(session) > MAX_SESSION_CHARS):
                 raise UploadError(400, f"session must be a non-empty text field of at most "
