@@ -8,7 +8,8 @@ temporary folder unless ``--map`` is given, starts `softloc serve` in its own pr
 ``--requests`` single-image ``POST /localize`` requests at each concurrency (httpx, one
 client per thread), then compares with in-process ``Localizer.localize`` on the
 same images (decoded from the same bytes, one at a time). At the highest concurrency it also
-runs with batching off (``batch_wait_ms=0``) to show what batching buys. Only the loopback
+runs with ``--batch-wait-ms 0`` (no waiting: only requests already queued share a forward)
+to show what the wait buys. Only the loopback
 address is used; every phase stops after ``--max-seconds`` and the server stops at the end.
 """
 
@@ -184,7 +185,7 @@ def main() -> None:
             with LoopbackServer(map_dir, wait_ms, args.threads) as url:
                 load(url, queries, min(20, args.requests), concurrency, args.max_seconds)  # warm
                 result = load(url, queries, args.requests, concurrency, args.max_seconds)
-            state = f"{wait_ms:g} ms" if wait_ms else "off"
+            state = f"{wait_ms:g} ms" if wait_ms else "0 ms (queued only)"
             print(f"| {state} | {concurrency} | {result['count']} | {result['per_s']:.1f} | "
                   f"{result['p50_ms']:.2f} | {result['p99_ms']:.2f} | "
                   f"{result['p50_ms'] / base['p50_ms']:.2f}x |"
