@@ -109,14 +109,20 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_map_import(args: argparse.Namespace) -> int:
-    from softloc.map_import import import_map
+    index_options = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe),
+                                       ("nbits", args.nbits), ("m", args.pq_m)) if v is not None}
+    if args.hloc is not None:
+        from softloc.export.hloc import import_map as import_hloc
 
-    out = import_map(
-        args.descriptors, args.places, args.out, index_kind=args.index, dtype=args.dtype,
-        normalize=args.normalize,
-        index_options={k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe),
-                                         ("nbits", args.nbits), ("m", args.pq_m)) if v is not None},
-    )
+        out = import_hloc(args.hloc, args.places, args.out, index_kind=args.index,
+                          overwrite=args.overwrite, index_options=index_options,
+                          dtype=args.dtype)
+    else:
+        from softloc.map_import import import_map
+
+        out = import_map(args.descriptors, args.places, args.out, index_kind=args.index,
+                         dtype=args.dtype, normalize=args.normalize, overwrite=args.overwrite,
+                         index_options=index_options)
     print(f"map: {out}")
     return 0
 
@@ -164,6 +170,35 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         print(f"softloc localize: {len(failed)} of {len(outcomes)} image(s) could not be "
               "localized", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from softloc.serve.run import serve
+
+    sequence = {"temperature": args.temperature, "max_speed": args.max_speed,
+                "max_gap": args.max_gap}
+    serve(args.map, host=args.host, port=args.port, workers=args.workers, k=args.top_k,
+          estimate=args.estimate, token=args.token, max_upload_mb=args.max_upload_mb,
+          max_images=args.max_images, sequence=sequence, session_expiry_s=args.session_expiry,
+          batch_wait_ms=args.batch_wait_ms)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from softloc.export.hloc import export_features, export_pairs
+    from softloc.output_folders import check_writable
+
+    if args.out.exists() and not args.overwrite:  # before any work
+        raise ValueError(f"{args.out} exists; pass --overwrite to replace it, or choose "
+                         "another --out")
+    check_writable(args.out.parent)
+    if args.export_command == "hloc":
+        refs, queries = export_features(args.map, args.out, args.queries, as_half=args.as_half)
+        print(f"{refs} reference(s) and {queries} query(ies) written to {args.out}")
+    else:
+        lines = export_pairs(args.map, args.queries, args.num_matched, args.out)
+        print(f"{lines} pair(s) written to {args.out}")
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -419,14 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_cmd_map_build)
 
     imported = map_sub.add_parser(
-        "import", help="a map from descriptors computed elsewhere (.npy) and their places CSV")
-    imported.add_argument("--descriptors", required=True, type=Path,
-                          help=".npy of (N, D) descriptors, row i for places row i")
+        "import", help="a map from descriptors computed elsewhere (.npy or hloc HDF5)")
+    source = imported.add_mutually_exclusive_group(required=True)
+    source.add_argument("--descriptors", type=Path,
+                        help=".npy of (N, D) descriptors, row i for places row i")
+    source.add_argument("--hloc", type=Path,
+                        help="hloc global-feature HDF5 (e.g. global-feats-netvlad.h5); the "
+                             "places' paths are the image names in it")
     imported.add_argument("--places", required=True, type=Path,
                           help="places CSV of the N references (image paths relative to it)")
     imported.add_argument("--out", required=True, type=Path, help="map folder")
+    imported.add_argument("--overwrite", action="store_true", help="replace an existing map")
     imported.add_argument("--normalize", action="store_true",
-                          help="L2-normalise the rows (else they must have norm 1)")
+                          help="--descriptors: L2-normalise the rows (else they must have norm "
+                               "1; hloc descriptors are always normalised)")
     imported.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                           help="storage of descriptors.npy (float16: half the size)")
     imported.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
@@ -460,6 +501,49 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--max-gap", type=float, default=10.0,
                           help="sequence: a longer time step resets the filter")
     localize.set_defaults(func=_cmd_localize)
+
+    serve_parser = sub.add_parser("serve", help="localization over HTTP (docs/serve.md)")
+    serve_parser.add_argument("--map", required=True, type=Path, help="map folder")
+    serve_parser.add_argument("--host", default="127.0.0.1",
+                              help="address to bind (default loopback only)")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--workers", type=int, default=1,
+                              help="processes, each with its own copy of the model")
+    serve_parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN'")
+    serve_parser.add_argument("--max-upload-mb", type=float, default=20.0,
+                              help="largest request body (MiB)")
+    serve_parser.add_argument("--max-images", type=int, default=32,
+                              help="most images per request")
+    serve_parser.add_argument("--top-k", type=int, default=5)
+    serve_parser.add_argument("--estimate", choices=["top1", "weighted"], default="top1")
+    serve_parser.add_argument("--temperature", type=float, default=0.05,
+                              help="sequence: emission temperature")
+    serve_parser.add_argument("--max-speed", type=float, default=20.0,
+                              help="sequence: metres per time unit")
+    serve_parser.add_argument("--max-gap", type=float, default=10.0,
+                              help="sequence: a longer time step resets the filter")
+    serve_parser.add_argument("--session-expiry", type=float, default=600.0,
+                              help="sequence: seconds an idle session is kept")
+    serve_parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                              help="requests arriving within this wait share a forward (0: off)")
+    serve_parser.set_defaults(func=_cmd_serve)
+
+    export = sub.add_parser("export", help="files for other tools (hloc)")
+    export_sub = export.add_subparsers(dest="export_command", required=True)
+    hloc = export_sub.add_parser("hloc", help="hloc global-feature HDF5 of a map (+ queries)")
+    pairs = export_sub.add_parser("pairs", help="hloc retrieval pairs from a map's index")
+    for one in (hloc, pairs):
+        one.add_argument("--map", required=True, type=Path, help="map folder")
+        one.add_argument("--out", required=True, type=Path, help="file to write")
+        one.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    hloc.add_argument("--queries", type=Path,
+                      help="folder of query images, or a text file with one path per line")
+    hloc.add_argument("--as-half", action="store_true", help="store float16, as hloc can")
+    pairs.add_argument("--queries", required=True, type=Path,
+                       help="folder of query images, or a text file with one path per line")
+    pairs.add_argument("--num-matched", type=int, default=10, help="references per query")
+    hloc.set_defaults(func=_cmd_export)
+    pairs.set_defaults(func=_cmd_export)
 
     evaluate = sub.add_parser("evaluate", help="top-N accuracy per condition")
     evaluate.add_argument("--map", required=True, action="append", help="map folder (repeat)")

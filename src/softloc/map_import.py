@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softloc.data.places import read_places
+from softloc.data.places import PlaceTable, read_places
 from softloc.mapping import Map, MapError, check_map_target
 from softloc.output_folders import claim_output_folder
 
@@ -89,9 +89,26 @@ def import_map(
         raise MapError(f"{descriptors}: {len(array)} descriptors but {places} has {len(table)} "
                        "places; give one descriptor row per places row, in the same order")
     meta = {"name": "imported", "source": os.path.abspath(descriptors)}
+    return save_imported(array, table, meta, out, descriptors, index_kind, index_options,
+                         dtype, overwrite)
+
+
+def save_imported(
+    array: np.ndarray,
+    table: PlaceTable,
+    meta: dict,
+    out: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    index_kind: str = "flat",
+    index_options: dict[str, int] | None = None,
+    dtype: str = "float32",
+    overwrite: bool = True,
+) -> Path:
+    """Build and save a model-less map of ``array`` (row i for ``table`` row i); errors of the
+    build name ``source``, the file the descriptors came from. Every importer ends here."""
     try:
         the_map = Map.build(array, table, meta, index_kind=index_kind, dtype=dtype,
                             index_options=index_options)
     except MapError as error:
-        raise MapError(f"{descriptors}: {error}") from None
+        raise MapError(f"{source}: {error}") from None
     return the_map.save(out, overwrite=overwrite)
