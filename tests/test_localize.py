@@ -10,6 +10,8 @@ from softloc.cli import main
 from softloc.data.places import read_places
 from softloc.evaluation.protocol import evaluate_maps
 from softloc.localize import build_map, localize_images, select_references
+from softloc.localize_output import fix_text
+from softloc.localizer import fixes_from_results
 from softloc.mapping import Map, MapError
 from softloc.models import create_model, save_model
 
@@ -35,10 +37,11 @@ def test_build_map_and_localize_a_reference_image(street, tmp_path: Path, model_
     ref = loaded.places
     images = [street.root / ref.path[i] for i in (0, 7)]
     results = localize_images(map_dir, images, k=3)
-    for result, i in zip(results, (0, 7), strict=True):
+    fixes = fixes_from_results(results, loaded, k=3)
+    for result, fix, i in zip(results, fixes, (0, 7), strict=True):
         assert (result.x, result.y) == pytest.approx((ref.x[i], ref.y[i]))
         assert result.distances[0] == pytest.approx(0.0, abs=1e-4)
-        assert len(result.paths) == 3 and "x=" in result.describe()
+        assert len(result.paths) == 3 and f"x={ref.x[i]:.2f}" in fix_text(fix)
 
 
 def test_evaluate_writes_table_json_and_plot(street, tmp_path: Path, model_file) -> None:

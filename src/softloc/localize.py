@@ -116,7 +116,8 @@ def load_map_model(map_dir: str | os.PathLike[str]) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class QueryResult:
-    """Where one query image is, with the top-k references behind the estimate."""
+    """Where one query image is, with the top-k references behind the estimate (shown to
+    people as a `softloc.localizer.Fix`, see `softloc.localize_output.fix_text`)."""
 
     image: Path
     x: float
@@ -127,16 +128,6 @@ class QueryResult:
     distances: np.ndarray
     rows: np.ndarray | None = None  # the references' rows in the map, best first
 
-    def describe(self) -> str:
-        """Human-readable lines: the estimate, then one line per retrieved reference."""
-        lines = [f"{self.image}: x={self.x:.2f} y={self.y:.2f} yaw={np.rad2deg(self.yaw):.1f}deg"]
-        for rank, (path, xy, dist) in enumerate(
-            zip(self.paths, self.positions, self.distances, strict=True), start=1
-        ):
-            lines.append(
-                f"  {rank}. {path}  x={xy[0]:.2f} y={xy[1]:.2f}  descriptor distance={dist:.4f}"
-            )
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
