@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from softloc.checkpoints import list_checkpoints
 from softloc.config import load_config
 from softloc.train import Trainer, TrainingError, learning_rate
-from tests.tiny_run import SMALL, tiny_config
+from tests.tiny_run import SMALL, run_killed_at, tiny_config
 
 
 def _config(root: Path, *extra: str):
@@ -50,17 +50,7 @@ def test_training_changes_the_weights_and_is_repeatable(street, tmp_path: Path) 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(street, tmp_path: Path) -> None:
     reference = load_file(str(Trainer(_config(tmp_path), tmp_path / "full", progress=False).run()))
 
-    killed = Trainer(_config(tmp_path), tmp_path / "killed", progress=False)
-    original_step = killed.train_step
-
-    def dying_step(model, optimizer, step):
-        if step == 5:
-            raise KeyboardInterrupt("killed")
-        return original_step(model, optimizer, step)
-
-    killed.train_step = dying_step
-    with pytest.raises(KeyboardInterrupt):
-        killed.run()
+    run_killed_at(Trainer(_config(tmp_path), tmp_path / "killed", progress=False), step=5)
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     assert list_checkpoints(tmp_path / "killed" / "checkpoints")[-1].name.endswith("04.safetensors")
 

@@ -14,7 +14,7 @@ from softloc.config import ConfigError, TupleConfig
 from softloc.data.tuples import MiningCache, TupleSampler
 from softloc.losses import available_losses
 from softloc.train import Trainer, TrainingError, build_loss
-from tests.tiny_run import MINING, tiny_config
+from tests.tiny_run import MINING, run_killed_at, tiny_config
 from tests.tiny_run import SMALL as BASE
 
 SMALL = [*BASE, "tuples.anchor_spacing=3", "train.val_every=0"]
@@ -78,17 +78,7 @@ def test_resume_with_mining_matches_an_uninterrupted_run(street, tmp_path: Path)
     config = _config(tmp_path, *MINING)
     reference = load_file(str(Trainer(config, tmp_path / "full", progress=False).run()))
 
-    killed = Trainer(config, tmp_path / "killed", progress=False)
-    original_step = killed.train_step
-
-    def dying_step(model, optimizer, step):
-        if step == 5:
-            raise KeyboardInterrupt("killed")
-        return original_step(model, optimizer, step)
-
-    killed.train_step = dying_step
-    with pytest.raises(KeyboardInterrupt):
-        killed.run()
+    run_killed_at(Trainer(config, tmp_path / "killed", progress=False), step=5)
     checkpoint = list_checkpoints(tmp_path / "killed" / "checkpoints")[-1]
     state = load_state(checkpoint)
     assert int(state["mining.step"][0]) == 3 and len(state["mining.rows"]) == 40

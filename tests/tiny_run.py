@@ -31,3 +31,20 @@ MINING: list[str] = ["mining.enabled=true", "mining.cache_size=40", "mining.refr
 def tiny_config(root: Path, *extra: str, base: list[str] = SMALL) -> RunConfig:
     """The tiny run on the dataset in ``root``, with ``extra`` overrides."""
     return load_config(None, [f"data.root={root}", *base, *extra])
+
+
+def run_killed_at(trainer, step: int) -> None:
+    """Run ``trainer`` until its train step ``step`` raises KeyboardInterrupt (a kill between
+    the checkpoints before it and the next); the run folder is left as a kill leaves it."""
+    import pytest
+
+    original_step = trainer.train_step
+
+    def dying_step(model, optimizer, at):
+        if at == step:
+            raise KeyboardInterrupt("killed")
+        return original_step(model, optimizer, at)
+
+    trainer.train_step = dying_step
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()

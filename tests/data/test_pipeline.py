@@ -17,7 +17,7 @@ from softloc.data.pipeline import ImagePipeline, Lookahead
 from softloc.extract import extract_descriptors, image_store
 from softloc.models import create_model
 from softloc.train import Trainer
-from tests.tiny_run import MINING, tiny_config
+from tests.tiny_run import MINING, run_killed_at, tiny_config
 from tests.tiny_run import SMALL as BASE
 
 SMALL = [*BASE, "model.name=small_netvlad",
@@ -115,17 +115,7 @@ def test_trained_weights_do_not_depend_on_workers_or_cache(street, tmp_path: Pat
 def test_resume_with_workers_is_bit_identical(street, tmp_path: Path, mining: bool) -> None:
     config = _config(tmp_path, "data.workers=3", "data.prefetch=3", *(MINING if mining else []))
     reference = _weights(config, tmp_path / "full")
-    killed = Trainer(config, tmp_path / "killed", progress=False)
-    original_step = killed.train_step
-
-    def dying_step(model, optimizer, step):
-        if step == 5:
-            raise KeyboardInterrupt("killed")
-        return original_step(model, optimizer, step)
-
-    killed.train_step = dying_step
-    with pytest.raises(KeyboardInterrupt):
-        killed.run()
+    run_killed_at(Trainer(config, tmp_path / "killed", progress=False), step=5)
     resumed = Trainer(config, tmp_path / "killed", progress=False).run(resume=True)
     _assert_same(load_file(str(resumed)), reference)
 
