@@ -101,16 +101,14 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         index_kind=args.index,
         progress=not args.quiet,
-        index_options={k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe),
-                                         ("nbits", args.nbits), ("m", args.pq_m)) if v is not None},
+        index_options=_index_options(args),
     )
     print(f"map: {out}")
     return 0
 
 
 def _cmd_map_import(args: argparse.Namespace) -> int:
-    index_options = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe),
-                                       ("nbits", args.nbits), ("m", args.pq_m)) if v is not None}
+    index_options = _index_options(args)
     if args.hloc is not None:
         from softloc.export.hloc import import_map as import_hloc
 
@@ -372,6 +370,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_index_options(parser: argparse.ArgumentParser) -> None:
+    """The FAISS index options of the commands that write a map."""
+    parser.add_argument("--nlist", type=int, help="ivf/ivfpq: cells (default about 4 sqrt(N))")
+    parser.add_argument("--nprobe", type=int, help="ivf/ivfpq: cells searched per query (8)")
+    parser.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
+    parser.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
+
+
+def _index_options(args: argparse.Namespace) -> dict[str, int]:
+    """The index options given on the command line, as `Map.build` takes them."""
+    given = (("nlist", args.nlist), ("nprobe", args.nprobe), ("nbits", args.nbits),
+             ("m", args.pq_m))
+    return {key: value for key, value in given if value is not None}
+
+
+def _add_sequence_options(parser: argparse.ArgumentParser) -> None:
+    """The sequence filter's options of the commands that localize sequences."""
+    parser.add_argument("--temperature", type=float, default=0.05,
+                        help="sequence: emission temperature (`softloc evaluate --sequence` "
+                             "fits one on the validation region)")
+    parser.add_argument("--max-speed", type=float, default=20.0,
+                        help="sequence: metres per time unit (per frame without timestamps)")
+    parser.add_argument("--max-gap", type=float, default=10.0,
+                        help="sequence: a longer time step resets the filter")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -447,10 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--spacing", type=float, default=0.0, help="keep references at least this far apart (m)"
     )
     build.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
-    build.add_argument("--nlist", type=int, help="ivf/ivfpq: cells (default about 4 sqrt(N))")
-    build.add_argument("--nprobe", type=int, help="ivf/ivfpq: cells searched per query (8)")
-    build.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
-    build.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
+    _add_index_options(build)
     build.set_defaults(func=_cmd_map_build)
 
     imported = map_sub.add_parser(
@@ -471,10 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                           help="storage of descriptors.npy (float16: half the size)")
     imported.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
-    imported.add_argument("--nlist", type=int, help="ivf/ivfpq: cells (default about 4 sqrt(N))")
-    imported.add_argument("--nprobe", type=int, help="ivf/ivfpq: cells searched per query (8)")
-    imported.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
-    imported.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
+    _add_index_options(imported)
     imported.set_defaults(func=_cmd_map_import)
 
     localize = sub.add_parser("localize", help="estimate the position of query images")
@@ -493,13 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the images are one ordered sequence (a drive): filter them")
     localize.add_argument("--sequence-csv", type=Path,
                           help="CSV with columns image[,timestamp]: an ordered sequence")
-    localize.add_argument("--temperature", type=float, default=0.05,
-                          help="sequence: emission temperature (`softloc evaluate --sequence` "
-                               "fits one on the validation region)")
-    localize.add_argument("--max-speed", type=float, default=20.0,
-                          help="sequence: metres per time unit (per frame without timestamps)")
-    localize.add_argument("--max-gap", type=float, default=10.0,
-                          help="sequence: a longer time step resets the filter")
+    _add_sequence_options(localize)
     localize.set_defaults(func=_cmd_localize)
 
     serve_parser = sub.add_parser("serve", help="localization over HTTP (docs/serve.md)")
@@ -516,12 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="most images per request")
     serve_parser.add_argument("--top-k", type=int, default=5)
     serve_parser.add_argument("--estimate", choices=["top1", "weighted"], default="top1")
-    serve_parser.add_argument("--temperature", type=float, default=0.05,
-                              help="sequence: emission temperature")
-    serve_parser.add_argument("--max-speed", type=float, default=20.0,
-                              help="sequence: metres per time unit")
-    serve_parser.add_argument("--max-gap", type=float, default=10.0,
-                              help="sequence: a longer time step resets the filter")
+    _add_sequence_options(serve_parser)
     serve_parser.add_argument("--session-expiry", type=float, default=600.0,
                               help="sequence: seconds an idle session is kept")
     serve_parser.add_argument("--batch-wait-ms", type=float, default=5.0,
