@@ -1,4 +1,5 @@
-"""The precision-coverage picture of the fixes' confidence, one panel per condition."""
+"""Figures with one panel per condition: the shared grid, and the precision-coverage picture
+of the fixes' confidence."""
 
 from __future__ import annotations
 
@@ -13,6 +14,28 @@ from matplotlib.figure import Figure
 from softloc.atomic import write_with
 
 CURVE_KEY = "precision_coverage_10m"
+
+
+def condition_panels(count: int) -> tuple[Figure, list[Any]]:
+    """A figure of ``count`` panels sharing the y axis, at most 4 a row, and its axes in order.
+
+    The slots past ``count`` in the last row are hidden; ``axes[i]`` is panel i. Every
+    per-condition figure uses this one grid, so the pictures of a report line up.
+    """
+    columns = min(count, 4)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(4.0 * columns, 3.4 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    axes = [grid[slot // columns][slot % columns] for slot in range(rows * columns)]
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, axes[:count]
+
+
+def is_first_in_row(slot: int, count: int) -> bool:
+    """Whether panel ``slot`` of a :func:`condition_panels` grid of ``count`` starts a row."""
+    return slot % min(count, 4) == 0
 
 
 def plot_precision_coverage(
@@ -31,15 +54,11 @@ def plot_precision_coverage(
                 by_condition.setdefault(str(condition), {})[str(model)] = metrics[CURVE_KEY]
     if not by_condition:
         return None
-    columns = min(len(by_condition), 4)
-    rows = -(-len(by_condition) // columns)
-    figure = Figure(figsize=(4.0 * columns, 3.4 * rows), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    figure, axes = condition_panels(len(by_condition))
     models = list(dict.fromkeys(m for curves in by_condition.values() for m in curves))
     colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
     for slot, (condition, curves) in enumerate(by_condition.items()):
-        ax = axes[slot // columns][slot % columns]
+        ax = axes[slot]
         for model, curve in curves.items():
             coverage = [100.0 * c for c in curve["coverage"]]
             precision = [100.0 * p for p in curve["precision"]]
@@ -51,10 +70,8 @@ def plot_precision_coverage(
         ax.set_xlim(0.0, 100.0)
         ax.set_ylim(0.0, 102.0)
         ax.grid(True, alpha=0.3)
-        if slot % columns == 0:
+        if is_first_in_row(slot, len(by_condition)):
             ax.set_ylabel("accepted fixes within 10 m (%)")
         ax.legend(fontsize="small", loc="lower left")
-    for slot in range(len(by_condition), rows * columns):
-        axes[slot // columns][slot % columns].set_visible(False)
     figure.suptitle("confidence: precision against coverage")
     return write_with(path, lambda tmp: figure.savefig(tmp, format="png"))

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from softloc.atomic import write_with
 from softloc.evaluation.metrics import (
@@ -33,6 +31,7 @@ from softloc.evaluation.metrics import (
     topn_accuracy,
     upper_bound,
 )
+from softloc.evaluation.plots import condition_panels, is_first_in_row
 
 logger = logging.getLogger(__name__)
 
@@ -321,16 +320,12 @@ def plot_curves(
     if not curves:
         raise ValueError("curves is empty: give at least one condition with one curve")
     conditions = list(curves)
-    columns = min(len(conditions), 4)
-    rows = -(-len(conditions) // columns)
-    figure = Figure(figsize=(4.0 * columns, 3.4 * rows), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    figure, axes = condition_panels(len(conditions))
     labels = list(dict.fromkeys(label for by_label in curves.values() for label in by_label))
     palette = [f"C{i % 10}" for i in range(len(labels))]
     colours = dict(zip(labels, palette, strict=True))  # one colour per model in every panel
     for slot, condition in enumerate(conditions):
-        ax = axes[slot // columns][slot % columns]
+        ax = axes[slot]
         for label, curve in curves[condition].items():
             x, y = _curve_arrays(curve, f"curves[{condition!r}][{label!r}]")
             ax.plot(x, 100.0 * y, label=str(label), color=colours[label], linewidth=1.6)
@@ -341,11 +336,9 @@ def plot_curves(
         ax.set_xlabel("distance threshold (m)")
         ax.set_ylim(0.0, 102.0)
         ax.grid(True, alpha=0.3)
-        if slot % columns == 0:
+        if is_first_in_row(slot, len(conditions)):
             ax.set_ylabel(ylabel)
         ax.legend(fontsize="small", loc="best")
-    for slot in range(len(conditions), rows * columns):
-        axes[slot // columns][slot % columns].set_visible(False)
     if title:
         figure.suptitle(title)
     return write_with(path, lambda tmp: figure.savefig(tmp, format="png"))
