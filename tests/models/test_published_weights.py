@@ -345,3 +345,50 @@ def test_unknown_layout_and_missing_file(tmp_path) -> None:
         convert_weights(path, tmp_path / "o.safetensors")
     with pytest.raises(WeightsNotFoundError, match="never downloaded"):
         read_published_weights(tmp_path / "absent.mat")
+
+
+# --- --weights in train and map build -----------------------------------------------------------
+
+
+def test_map_build_weights_equals_convert_then_model(street, tmp_path) -> None:
+    import json
+
+    torch.manual_seed(13)
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    common = ["--data", str(tmp_path), "--spacing", "4"]
+    assert main(["-q", "map", "build", "--weights", str(path), "--out", str(tmp_path / "a"),
+                 *common]) == 0
+    converted = tmp_path / "resnet18.safetensors"
+    assert main(["-q", "weights", "convert", str(path), "--to", str(converted)]) == 0
+    assert main(["-q", "map", "build", "--model", str(converted), "--out", str(tmp_path / "b"),
+                 *common]) == 0
+    a = np.load(tmp_path / "a" / "descriptors.npy")
+    b = np.load(tmp_path / "b" / "descriptors.npy")
+    assert a.shape[1] == 512 and len(a) >= 4
+    np.testing.assert_array_equal(a, b)
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert str(path) in json.dumps(manifest)  # the source is the weights file, not a temp copy
+    assert not list(tmp_path.glob("a/*.tmp"))
+
+
+def test_train_weights_starts_from_the_pytorch_netvlad_model(street, tmp_path) -> None:
+    from softloc.train import Trainer
+    from tests.tiny_run import tiny_config
+
+    generator = torch.Generator().manual_seed(21)
+    convs = _vgg_convs(seed=22)
+    centroids = torch.randn(K, 512, generator=generator) * 0.05
+    weight = torch.randn(K, 512, 1, 1, generator=generator) * 5.0
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 1, "state_dict": _pytorch_netvlad_state(convs, centroids, weight, None,
+                                                                 parallel=False)}, path)
+    config = tiny_config(tmp_path, "model.name=vgg16_netvlad", f"model.weights={path}",
+                         "loss.name=off_the_shelf", "train.val_queries=2")
+    final = Trainer(config, tmp_path / "run", progress=False).run()
+    model, _ = load_model(final)
+    torch.testing.assert_close(model.pool.centroids, centroids)  # not replaced by k-means
+    reference = model_from_weights(path, image_size=(32, 24)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(_normalised(model, IMAGES)),
+                                   reference(_normalised(reference, IMAGES)))
