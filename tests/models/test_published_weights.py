@@ -205,6 +205,7 @@ def _pytorch_netvlad_state(convs, centroids, weight, bias, parallel: bool) -> di
 
 @pytest.mark.parametrize(("vladv2", "parallel"), [(False, False), (True, True)])
 def test_pytorch_netvlad_checkpoint_forward_equals_its_maths(tmp_path, vladv2, parallel) -> None:
+    """v1 in torch's zip format; --vladv2 with DataParallel keys in the legacy (pre-1.6) one."""
     generator = torch.Generator().manual_seed(7)
     convs = _vgg_convs(seed=8)
     centroids = torch.randn(K, 512, generator=generator) * 0.05
@@ -219,7 +220,7 @@ def test_pytorch_netvlad_checkpoint_forward_equals_its_maths(tmp_path, vladv2, p
         "parallel": parallel,
     }
     path = tmp_path / "checkpoint.pth.tar"
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not parallel)
 
     # pytorch-NetVlad: ImageNet normalisation, VGG16 to conv5_3 without ReLU, L2 over channels,
     # softmax_k(w_k . x + b_k), V[k] = sum_n a_k (x_n - c_k), intra-norm, flatten K-major, L2
@@ -392,3 +393,12 @@ def test_train_weights_starts_from_the_pytorch_netvlad_model(street, tmp_path) -
     with torch.no_grad():
         torch.testing.assert_close(model(_normalised(model, IMAGES)),
                                    reference(_normalised(reference, IMAGES)))
+
+
+def test_softloc_tensors_without_their_sidecar_are_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file(create_model("small_gem").state_dict(), str(path))
+    with pytest.raises(PublishedWeightsError, match=r"model\.safetensors.*without its sidecar"):
+        read_published_weights(path)

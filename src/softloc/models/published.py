@@ -299,7 +299,9 @@ def _read_matconvnet(file: Path) -> PublishedWeights:
     net = mat["net"]
     layers = _matlab_list(getattr(net, "layers", None))
     if not layers:
-        raise _error(file, "'net' has no 'layers'; it is not a MatConvNet SimpleNN network")
+        raise _error(file, "'net' has no readable 'layers' (not a MatConvNet SimpleNN network, "
+                           "or one saved as a MATLAB object: see netvlad_tf_open's "
+                           "matlab/net_class2struct.m)")
     if not all(hasattr(layer, "type") and hasattr(layer, "name") for layer in layers):
         raise _error(
             file,
@@ -534,7 +536,8 @@ def _from_torch_state(file: Path, state: dict[str, torch.Tensor]) -> PublishedWe
     keys = {_strip_module(k) for k in state}
     state = {_strip_module(k): v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in keys):
-        return _from_softloc_state(file, state, None)
+        raise _error(file, "the tensors of a softloc model without its sidecar; keep NAME.json "
+                           "(written with it) beside NAME.safetensors")
     if any(k.startswith("encoder.") for k in keys) or any(k.startswith("pool.") for k in keys):
         return _from_pytorch_netvlad(file, state)
     if any(k.startswith("classifier.") for k in keys) or "features.28.weight" in keys:
@@ -585,7 +588,7 @@ def _from_pytorch_netvlad(file: Path, state: dict[str, torch.Tensor]) -> Publish
 
 
 def _from_softloc_state(
-    file: Path, state: dict[str, torch.Tensor], meta: dict[str, Any] | None
+    file: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]
 ) -> PublishedWeights:
     """A softloc model's own state dict: ``backbone.*``, ``pool.*``, ``whitening.*``."""
     backbone = {k.removeprefix("backbone."): v for k, v in state.items()
@@ -593,11 +596,10 @@ def _from_softloc_state(
     pool = {k.removeprefix("pool."): v for k, v in state.items() if k.startswith("pool.")}
     whitening = {k.removeprefix("whitening."): v for k, v in state.items()
                  if k.startswith("whitening.")}
-    name = str(meta["backbone"]) if meta else "vgg16"
-    pooling = meta.get("pooling") if meta else ("netvlad" if "centroids" in pool else None)
-    netvlad = pool if pooling == "netvlad" and "centroids" in pool else None
-    kwargs = meta.get("pooling_kwargs", {}) if meta else {}
-    pre = meta.get("preprocessing", {}) if meta else {}
+    name = str(meta["backbone"])
+    netvlad = pool if meta.get("pooling") == "netvlad" and "centroids" in pool else None
+    kwargs = meta.get("pooling_kwargs", {})
+    pre = meta.get("preprocessing", {})
     return PublishedWeights(
         source=file,
         format="softloc",
