@@ -49,6 +49,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.steps={args.steps}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    if args.weights is not None:
+        overrides.append(f"model.weights={args.weights}")
     config = load_config(args.config, overrides)
     trainer = Trainer(config, args.out, progress=not args.quiet)
     try:
@@ -92,6 +94,16 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
     from softloc.localize import build_map
 
     places = read_places(args.data)
+    if args.weights is not None:  # a published model, converted for the map's copy
+        from softloc.models.published import converted_model_file
+
+        with converted_model_file(args.weights) as model_path:
+            out = build_map(model_path, places, args.out, split=args.split,
+                            traversal=args.traversal, spacing=args.spacing,
+                            index_kind=args.index, progress=not args.quiet,
+                            index_options=_index_options(args), source=args.weights)
+        print(f"map: {out}")
+        return 0
     out = build_map(
         args.model,
         places,
@@ -104,6 +116,17 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
         index_options=_index_options(args),
     )
     print(f"map: {out}")
+    return 0
+
+
+def _cmd_weights_convert(args: argparse.Namespace) -> int:
+    from softloc.data.image_cache import parse_size
+    from softloc.models.published import convert_weights
+
+    size = parse_size(args.image_size) if args.image_size else None
+    out = convert_weights(args.source, args.to, name=args.model, overwrite=args.overwrite,
+                          image_size=size)
+    print(f"model: {out}")
     return 0
 
 
@@ -429,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--steps", type=int, help="overrides train.steps")
     train.add_argument("--seed", type=int, help="overrides train.seed")
+    train.add_argument("--weights", help="local weights to start from (overrides model.weights): "
+                       "a backbone state dict or a published model (docs/models.md)")
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any override, e.g. train.lr=1e-4"
     )
@@ -462,7 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     map_parser = sub.add_parser("map", help="build a map of reference images")
     map_sub = map_parser.add_subparsers(dest="map_command", required=True)
     build = map_sub.add_parser("build", help="descriptors + positions + FAISS index")
-    build.add_argument("--model", required=True, type=Path, help="model .safetensors file")
+    model_source = build.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--model", type=Path, help="model .safetensors file")
+    model_source.add_argument("--weights", type=Path,
+                              help="or a published model file used as it is (NetVLAD .mat, "
+                                   "pytorch-NetVlad checkpoint, torchvision; docs/models.md)")
     build.add_argument("--data", required=True, type=Path, help="dataset folder")
     build.add_argument("--out", required=True, type=Path, help="map folder to write")
     build.add_argument("--split", default="test", help="split of the reference images")
@@ -494,6 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
     _add_index_options(imported)
     imported.set_defaults(func=_cmd_map_import)
+
+    weights = sub.add_parser("weights", help="published model weights from local files")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    convert = weights_sub.add_parser(
+        "convert", help="a published model (NetVLAD .mat, pytorch-NetVlad, torchvision) as a "
+                        "softloc model file")
+    convert.add_argument("source", type=Path, help="the weights file (docs/models.md)")
+    convert.add_argument("--to", required=True, type=Path, help="OUT.safetensors (+ OUT.json)")
+    convert.add_argument("--model", help="preset to fit it into (default: vgg16_netvlad for "
+                                         "NetVLAD files, else BACKBONE_gem)")
+    convert.add_argument("--image-size", help="WIDTHxHEIGHT the model resizes images to "
+                                              "(default: the preset's, 240x180)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    convert.set_defaults(func=_cmd_weights_convert)
 
     localize = sub.add_parser("localize", help="estimate the position of query images")
     localize.add_argument("--map", required=True, type=Path, help="map folder")

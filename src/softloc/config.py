@@ -94,7 +94,8 @@ class ModelConfig:
 
     Attributes:
         name: a registered model, e.g. ``small_netvlad``, ``vgg16_netvlad``.
-        weights: optional local file of pretrained backbone weights (never downloaded).
+        weights: optional local file of pretrained weights (never downloaded): a backbone state
+            dict or a published model (docs/models.md, "Published weights").
         whitening_dim: PCA-whitening output dimension fitted after training; None keeps the
             raw pooled descriptor.
         options: extra keyword arguments of the model builder (e.g. ``num_clusters``).

@@ -65,6 +65,7 @@ def build_map(
     progress: bool = True,
     overwrite: bool = True,
     index_options: dict[str, int] | None = None,
+    source: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Describe the reference images with a model and save them as a map folder.
 
@@ -82,6 +83,8 @@ def build_map(
         index_kind: FAISS index kind (``flat``, ``ivf``, ``ivfpq``).
         overwrite: replace a map already in ``out``.
         index_options: ``nlist``, ``nprobe``, ``m``, ``nbits`` of an IVF index.
+        source: the file recorded as the model's source (default ``model_path``; the
+            published weights file when ``model_path`` was converted from it).
     """
     # a map folder holds places.csv and model.* too, the markers of a dataset and a run
     claim_output_folder(out, "map", allow=("dataset", "training run"))
@@ -96,7 +99,7 @@ def build_map(
     if descriptors is None:  # another rank of a torchrun launch: wait until the map is saved
         distributed.barrier("map saved")
         return Path(os.path.abspath(out))
-    meta = {**model.meta, "source": str(model_path)}
+    meta = {**model.meta, "source": str(model_path if source is None else source)}
     model_files = {name: Path(model_path).with_suffix(Path(name).suffix) for name in MODEL_FILES}
     the_map = Map.build(descriptors, refs, meta, index_kind=index_kind,
                         index_options=index_options)

@@ -21,7 +21,7 @@ IMAGES = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
 
 
 def test_registry_lists_the_three_backbones() -> None:
-    assert available_backbones() == ["raw", "resnet18", "small", "vgg16"]
+    assert available_backbones() == ["raw", "resnet18", "small", "vgg16", "vgg16_prerelu"]
 
 
 def test_unknown_backbone_names_the_known_ones() -> None:

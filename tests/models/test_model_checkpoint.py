@@ -130,3 +130,18 @@ def test_interrupted_save_leaves_no_loadable_checkpoint(tmp_path, monkeypatch) -
     with pytest.raises(CheckpointError, match="missing"):
         load_model(path)  # the old sidecar is gone, so old weights are never mistaken for new
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_model_saved_before_the_whitening_bias_existed_still_loads(tmp_path, trained_model) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = save_model(trained_model, tmp_path / "old" / "model.safetensors")
+    state = load_file(str(path))
+    del state["whitening.bias"]  # what softloc wrote before the bias buffer existed
+    save_file(state, str(path))
+    sidecar = json.loads(sidecar_path(path).read_text())
+    del sidecar["weights_sha256"]
+    sidecar_path(path).write_text(json.dumps(sidecar))
+    model, _ = load_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(IMAGES), trained_model(IMAGES))

@@ -54,7 +54,24 @@ def test_forward_is_unit_norm_and_fit_classmethod_agrees() -> None:
     assert out.shape == (7, 4)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(7))
     torch.testing.assert_close(whitening.projection, fit_pca_whitening(data, 4).projection)
-    assert set(whitening.state_dict()) == {"mean", "projection"}
+    assert set(whitening.state_dict()) == {"mean", "projection", "bias"}
+    assert not whitening.bias.any()  # a fitted whitening has no bias
+
+
+def test_bias_is_added_after_the_projection_and_old_files_load_without_one() -> None:
+    whitening = PCAWhitening(3, 2)
+    whitening.mean.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    whitening.projection.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]))
+    whitening.bias.copy_(torch.tensor([0.5, -1.0]))
+    x = torch.tensor([[3.0, 1.0, 7.0]])
+    torch.testing.assert_close(whitening.project(x), torch.tensor([[2.5, 1.0]]))  # by hand
+    torch.testing.assert_close(whitening.truncated(1).project(x), torch.tensor([[2.5]]))
+    old = {k: v for k, v in whitening.state_dict().items() if k != "bias"}  # before bias existed
+    loaded = PCAWhitening(3, 2)
+    loaded.bias.fill_(9.0)
+    loaded.load_state_dict(old, strict=True)
+    assert not loaded.bias.any()
+    torch.testing.assert_close(loaded.project(x), torch.tensor([[2.0, 2.0]]))
 
 
 def test_dim_above_sample_bound_is_rejected() -> None:

@@ -10,6 +10,7 @@ Typical use::
     model.set_whitening(fit_pca_whitening(held_out_descriptors, dim=256))
     save_model(model, "run/model.safetensors", extra={"step": 1000})
     model, sidecar = load_model("run/model.safetensors")
+    model = model_from_weights("Pitts30K_struct.mat")  # a published model (docs/models.md)
 """
 
 from softloc.models.backbones import (
@@ -39,6 +40,13 @@ from softloc.models.pooling import (
     get_pooling_factory,
     register_pooling,
 )
+from softloc.models.published import (
+    PublishedWeights,
+    PublishedWeightsError,
+    convert_weights,
+    model_from_weights,
+    read_published_weights,
+)
 from softloc.models.raw import RawImage, Thumbnail, thumbnail
 from softloc.models.whitening import PCAWhitening, fit_pca_whitening
 
@@ -51,12 +59,15 @@ __all__ = [
     "ModelPreset",
     "NetVLAD",
     "PCAWhitening",
+    "PublishedWeights",
+    "PublishedWeightsError",
     "RawImage",
     "Thumbnail",
     "WeightsNotFoundError",
     "available_backbones",
     "available_models",
     "available_poolings",
+    "convert_weights",
     "create_backbone",
     "create_model",
     "create_pooling",
@@ -66,6 +77,8 @@ __all__ = [
     "load_backbone_weights",
     "load_model",
     "model_from_meta",
+    "model_from_weights",
+    "read_published_weights",
     "read_state_dict",
     "register_backbone",
     "register_pooling",

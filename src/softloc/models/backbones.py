@@ -50,7 +50,8 @@ def create_backbone(name: str, weights: str | os.PathLike[str] | None = None) ->
     """Build a backbone by name, randomly initialised or from a local weights file.
 
     Args:
-        name: one of :func:`available_backbones` (``vgg16``, ``resnet18``, ``small``).
+        name: one of :func:`available_backbones` (``vgg16``, ``vgg16_prerelu``, ``resnet18``,
+            ``small``).
         weights: optional path of a ``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors`` state
             dict: either the full torchvision model's (classifier keys are ignored) or this
             backbone's own. ``None`` keeps the random initialisation. Nothing is downloaded.
@@ -72,12 +73,17 @@ class VGG16Conv53(nn.Module):
     """VGG16 convolutional layers up to conv5_3 and its ReLU (stride 16, 512 channels).
 
     Parameter names equal torchvision's ``vgg16().features`` so its state dicts load unchanged.
+
+    Args:
+        final_relu: keep the ReLU after conv5_3 (``vgg16``). NetVLAD crops the network at
+            conv5_3 *before* its ReLU (the authors' MatConvNet models, pytorch-NetVlad, hloc):
+            that is the ``vgg16_prerelu`` backbone, with the same parameters.
     """
 
     out_channels = 512
     ignored_weight_prefixes: tuple[str, ...] = ("classifier.",)
 
-    def __init__(self) -> None:
+    def __init__(self, final_relu: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = 3
@@ -88,6 +94,8 @@ class VGG16Conv53(nn.Module):
                 out = int(item)
                 layers += [nn.Conv2d(in_channels, out, kernel_size=3, padding=1), nn.ReLU(True)]
                 in_channels = out
+        if not final_relu:
+            layers.pop()
         self.features = nn.Sequential(*layers)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation
@@ -166,6 +174,11 @@ def _vgg16() -> nn.Module:
     return VGG16Conv53()
 
 
+@register_backbone("vgg16_prerelu")
+def _vgg16_prerelu() -> nn.Module:
+    return VGG16Conv53(final_relu=False)
+
+
 @register_backbone("resnet18")
 def _resnet18() -> nn.Module:
     return ResNet18Trunk()
@@ -226,7 +239,17 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
         ValueError: unreadable file, or missing / unexpected keys / shape mismatches (the first
             few are listed).
     """
-    state = read_state_dict(path)
+    load_backbone_state(backbone, read_state_dict(path), path)
+
+
+def load_backbone_state(
+    backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike[str]
+) -> None:
+    """Copy a state dict already read from ``source`` into ``backbone`` (in place).
+
+    The same rules and messages as :func:`load_backbone_weights` (``source`` names the file).
+    """
+    path = source
     ignored = tuple(getattr(backbone, "ignored_weight_prefixes", ()))
     cleaned: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():

@@ -85,6 +85,9 @@ class DescriptorModel(nn.Module):
     """
 
     whitening: PCAWhitening | None
+    # True when the pooling's tensors came from a weights file (`softloc.models.published`):
+    # then :meth:`init_pooling` keeps them instead of running k-means.
+    pooling_from_weights: bool = False
 
     def __init__(
         self,
@@ -212,6 +215,9 @@ class DescriptorModel(nn.Module):
         initialise = getattr(self.pool, "init_from_features", None)
         if initialise is None:
             return 0
+        if self.pooling_from_weights:
+            logger.info("keeping the %s of the weights file (no k-means)", self._pooling_name)
+            return 0
         if features_per_image < 1 or max_features < 1:
             raise ValueError(f"need positive counts, got {features_per_image=}, {max_features=}")
         generator = torch.Generator().manual_seed(seed)
@@ -248,7 +254,10 @@ def create_model(
 
     Args:
         name: one of :func:`available_models`.
-        weights: optional local weights file for the backbone (never downloaded).
+        weights: optional local weights file (never downloaded): a backbone state dict, or a
+            published model (NetVLAD authors' .mat, pytorch-NetVlad checkpoint, torchvision,
+            softloc model file), whose NetVLAD then fills the preset's too; its whitening is
+            not attached (training fits its own). See `softloc.models.published`.
         **overrides: any of ``backbone``, ``pooling``, ``pooling_kwargs``, ``image_size``,
             ``mean``, ``std``. ``pooling_kwargs`` are merged into the preset's unless the
             pooling itself is overridden, in which case the preset's are dropped.
@@ -258,6 +267,10 @@ def create_model(
     """
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; known models: {available_models()}")
+    if weights is not None:
+        from softloc.models.published import model_from_weights
+
+        return model_from_weights(weights, name, with_whitening=False, **overrides)
     unknown = sorted(set(overrides) - set(_OVERRIDABLE))
     if unknown:
         raise ValueError(f"cannot override {unknown} of model {name!r}; allowed: {_OVERRIDABLE}")

@@ -18,11 +18,14 @@ _RANK_TOLERANCE = 1e-10
 
 
 class PCAWhitening(nn.Module):
-    """Learned linear map ``x -> normalize((x - mean) @ projection)``.
+    """Learned linear map ``x -> normalize((x - mean) @ projection + bias)``.
 
-    Buffers (saved in the state dict): ``mean`` ``(D,)`` and ``projection`` ``(D, d)``. Before
-    :func:`fit_pca_whitening` sets them, the module is a plain truncation to the first ``d``
-    coordinates (zero mean, identity projection) so that a model can be rebuilt and then loaded.
+    Buffers (saved in the state dict): ``mean`` ``(D,)``, ``projection`` ``(D, d)`` and
+    ``bias`` ``(d,)``. A fitted whitening has zero ``bias``; a published one (the NetVLAD
+    authors' ``WPCA`` layer, ``y = W x + b``) keeps its own, so it is mapped exactly. Files saved
+    before ``bias`` existed load with a zero bias. Before :func:`fit_pca_whitening` sets them,
+    the module is a plain truncation to the first ``d`` coordinates (zero mean, identity
+    projection) so that a model can be rebuilt and then loaded.
 
     Args:
         in_dim: D, the input descriptor size.
@@ -31,6 +34,7 @@ class PCAWhitening(nn.Module):
 
     mean: torch.Tensor
     projection: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -40,6 +44,7 @@ class PCAWhitening(nn.Module):
         self.out_dim = out_dim
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("projection", torch.eye(in_dim, out_dim))
+        self.register_buffer("bias", torch.zeros(out_dim))
 
     @classmethod
     def fit(
@@ -55,7 +60,8 @@ class PCAWhitening(nn.Module):
         """
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"whitening expects (..., {self.in_dim}) inputs, got {tuple(x.shape)}")
-        return (x - self.mean.to(x.dtype)) @ self.projection.to(x.dtype)
+        centred = x - self.mean.to(x.dtype)
+        return centred @ self.projection.to(x.dtype) + self.bias.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptors ``(N, D)`` -> whitened, L2-normalised descriptors ``(N, d)``."""
@@ -74,10 +80,21 @@ class PCAWhitening(nn.Module):
         smaller = PCAWhitening(self.in_dim, dim)
         smaller.mean.copy_(self.mean)
         smaller.projection.copy_(self.projection[:, :dim])
+        smaller.bias.copy_(self.bias[:dim])
         return smaller.to(self.mean.device)
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}"
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        """Accept state dicts written before ``bias`` existed (their bias is zero)."""
+        if prefix + "mean" in state_dict and prefix + "bias" not in state_dict:
+            state_dict[prefix + "bias"] = torch.zeros_like(self.bias)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
 
 
 def fit_pca_whitening(
