@@ -1,0 +1,114 @@
+"""Training on several processes: which tuples a rank takes, the DDP wrapper, the gradient scale.
+
+A step holds ``train.tuples_per_step`` = T tuples, and tuple i of step s is drawn from
+``default_rng([seed, 2, s, i])`` (``[seed, 2, s]`` for i = 0, the tuple of a one-tuple step), so
+the set of tuples of a step is a function of (seed, step) alone. Under ``torchrun`` with N
+processes rank r takes tuples ``r, r + N, ...`` (:func:`my_tuples`); N must not exceed T
+(:func:`check_world`: a rank without a tuple would have nothing to learn from, and we refuse
+rather than let it idle).
+
+**The scale.** The loss of a step is the mean of its T tuple losses, L = (1/T) sum_i L_i. Each
+rank back-propagates ``N / T`` times the sum of its own tuples' losses (:func:`gradient_scale`),
+one tuple at a time (the gradients add up; DDP's all-reduce waits for the last one).
+DistributedDataParallel then averages the gradients over the N ranks (sum / N), so every rank
+holds (1/N) sum_r (N/T) sum_{i of r} grad L_i = (1/T) sum_i grad L_i = grad L, the gradient of
+the single-process step, whatever N; only the order of the float additions differs. With
+T = N = 1 the scale is 1 and not applied, so a plain run computes exactly what it did before
+T existed.
+
+A plain ``softloc train`` (world of one) gets its model back unwrapped (:func:`wrap`) and takes
+no collective step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+
+from softloc import distributed
+from softloc.config import ConfigError
+
+
+def check_world(tuples_per_step: int, world: int | None = None) -> None:
+    """Refuse a launch with more processes than tuples per step (before anything is written).
+
+    Raises:
+        ConfigError: ``world > tuples_per_step``.
+    """
+    world = distributed.world_size() if world is None else world
+    if world > tuples_per_step:
+        raise ConfigError(
+            f"train.tuples_per_step={tuples_per_step} is less than the {world} processes of "
+            f"this launch: each rank takes tuples r, r+{world}, ... of a step, so some would "
+            f"have none. Set --set train.tuples_per_step={world} (or a multiple of it; the "
+            "loss is the mean over the step's tuples) or start fewer processes"
+        )
+
+
+def my_tuples(tuples_per_step: int, world: int | None = None, which: int | None = None) -> range:
+    """The tuples of every step that rank ``which`` of ``world`` takes: r, r + N, ..."""
+    world = distributed.world_size() if world is None else world
+    which = distributed.rank() if which is None else which
+    return range(which, tuples_per_step, world)
+
+
+def gradient_scale(tuples_per_step: int, world: int | None = None) -> float:
+    """The factor ``N / T`` a rank multiplies its tuples' loss sum by before backward."""
+    world = distributed.world_size() if world is None else world
+    return world / tuples_per_step
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The training device of this rank: a CUDA device becomes GPU ``LOCAL_RANK`` under
+    torchrun (one GPU per process); anything else is unchanged."""
+    if device.type == "cuda" and distributed.world_size() > 1:
+        return torch.device("cuda", distributed.local_rank())
+    return device
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` under DistributedDataParallel in a torchrun launch, else ``model`` itself.
+
+    The wrapper shares the model's parameters, so the optimizer (built over ``model``) and the
+    checkpoints hold no rank-specific state. Buffers are not broadcast at each forward pass:
+    every rank starts from the same seeded (or checkpointed) weights, which DDP broadcasts
+    from rank 0 once here, and the models' normalisation is GroupNorm, with no running
+    statistics; ranks may also run different numbers of forward passes in a step when N does
+    not divide T, which a per-forward broadcast would not allow.
+    """
+    if not distributed.init_process_group(device):
+        return model
+    if not any(p.requires_grad for p in model.parameters()):
+        return model  # nothing to train, nothing to synchronise (the loop takes no step)
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def no_sync(wrapper: torch.nn.Module | None, last: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce in the backward of every tuple of a rank but its last."""
+    if wrapper is None or last or not hasattr(wrapper, "no_sync"):
+        return contextlib.nullcontext()
+    return wrapper.no_sync()
+
+
+def step_totals(
+    loss_sum: float, collapse_values: Sequence[float | None], tuples_per_step: int,
+    device: torch.device,
+) -> tuple[float, float | None]:
+    """The step's loss (mean over its tuples, every rank's) and the mean collapse value of its
+    tuples (None when the loss has none for some tuple), the same on every rank.
+
+    In a single process with one tuple these are the tuple's own values, unchanged.
+    """
+    known = [v for v in collapse_values if v is not None]
+    missing = len(collapse_values) - len(known)
+    if distributed.world_size() == 1 and tuples_per_step == 1:
+        return loss_sum, (known[0] if known and not missing else None)
+    summed = distributed.all_sum([loss_sum, math.fsum(known), missing], "train step", device)
+    loss, collapse, none = float(summed[0]), float(summed[1]), int(summed[2])
+    return loss / tuples_per_step, (None if none else collapse / tuples_per_step)
