@@ -23,6 +23,7 @@ no collective step.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -86,7 +87,10 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # newer torch names the per-forward buffer sync `forward_sync_buffers` (and warns on the old)
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    no_buffer_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=ids, **no_buffer_sync)
 
 
 def no_sync(wrapper: torch.nn.Module | None, last: bool) -> contextlib.AbstractContextManager:
