@@ -66,7 +66,14 @@ def rank_device(device: torch.device) -> torch.device:
     """The training device of this rank: a CUDA device becomes GPU ``LOCAL_RANK`` under
     torchrun (one GPU per process); anything else is unchanged."""
     if device.type == "cuda" and distributed.world_size() > 1:
-        return torch.device("cuda", distributed.local_rank())
+        which, visible = distributed.local_rank(), torch.cuda.device_count()
+        if which >= visible:
+            raise distributed.DistributedError(
+                f"rank {distributed.rank()} needs GPU {which} (its LOCAL_RANK) but torch sees "
+                f"{visible}: start at most {visible} process(es) per machine "
+                "(--nproc_per_node), one per GPU"
+            )
+        return torch.device("cuda", which)
     return device
 
 
