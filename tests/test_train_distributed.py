@@ -21,6 +21,9 @@ agree bit for bit on this machine; the tests do not rely on it.)
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +31,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from softloc.checkpoints import list_checkpoints
 from softloc.config import ConfigError
+from softloc.kill_points import ENV_VAR as KILL_ENV
 from softloc.train import Trainer
-from softloc.train_ranks import check_world, gradient_scale, my_tuples
-from tests.test_distributed import clean_env, torchrun
+from softloc.train_ranks import check_world, collective_step, gradient_scale, my_tuples
+from tests.test_distributed import clean_env, free_port, torchrun
 from tests.tiny_run import MINING, SMALL, tiny_config
 
 SHARE = 1e-4  # of a tensor's largest magnitude (see the module docstring)
@@ -98,6 +103,26 @@ def test_more_processes_than_tuples_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match=r"--set train.tuples_per_step=2"):
         Trainer(tiny_config(street.root), tmp_path / "run", progress=False).run()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_gradient_all_reduce_becomes_the_clear_error(monkeypatch) -> None:
+    """DDP's own all-reduce (inside backward) fails with the backend's error when a peer is
+    gone; the step says so as the other collectives do. Other errors pass unchanged."""
+    from softloc.distributed import DistributedError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(DistributedError, match=r"rank 1 of 2: train step 7 failed: another rank"):
+        with collective_step(7):
+            raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+                               "closed by peer [127.0.0.1]:29500")
+    with pytest.raises(RuntimeError, match="^shapes differ$"):
+        with collective_step(7):
+            raise RuntimeError("shapes differ")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="^.gloo. lost$"):
+        with collective_step(7):
+            raise RuntimeError("[gloo] lost")
 
 
 def test_one_tuple_per_step_draws_the_tuple_of_seed_and_step(street, tmp_path: Path) -> None:
@@ -170,3 +195,40 @@ def test_two_process_mining_gathers_the_cache_of_one_process(street, tmp_path: P
     losses, alone = logged_losses(two), logged_losses(one)
     assert losses.keys() == alone.keys() and len(losses) == 6
     assert np.allclose(list(losses.values()), list(alone.values()), rtol=LOSS_RTOL, atol=0)
+
+
+def test_a_rank_killed_mid_run_stops_the_other_and_the_run_resumes(
+    street, tmp_path: Path
+) -> None:
+    """Rank 1 dies (SIGKILL) in step 5, after the checkpoint of step 4: rank 0 stops with exit
+    2 and a clear message within the timeout, no final model exists, and the run resumes (in
+    one process) from step 4 to the end."""
+    out = tmp_path / "run"
+    port = str(free_port())
+    ranks = []
+    for r in (0, 1):
+        env = clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                        MASTER_PORT=port, SOFTLOC_DIST_TIMEOUT_S="60")
+        env[KILL_ENV] = "train step 4:rank1"  # step index 4 is the 5th step
+        ranks.append(subprocess.Popen(
+            [sys.executable, "-m", "softloc", "-q", "train", "--data", str(street.root),
+             "--out", str(out), *sets([*SMALL, "train.tuples_per_step=2", "train.val_every=0"])],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    started = time.monotonic()
+    try:
+        _, err0 = ranks[0].communicate(timeout=90)
+        ranks[1].communicate(timeout=30)
+    finally:
+        for process in ranks:
+            process.kill()
+    assert ranks[1].returncode == -9
+    assert ranks[0].returncode == 2, err0[-3000:]
+    assert "softloc train: error: rank 0 of 2: train step 4 failed: another rank died" in err0
+    assert time.monotonic() - started < 90
+    assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
+    assert list_checkpoints(out / "checkpoints")[-1].name == "step_00000004.safetensors"
+    config = tiny_config(street.root, "train.tuples_per_step=2", "train.val_every=0")
+    Trainer(config, out, progress=False).run(resume=True)
+    assert (out / "model.safetensors").is_file()
+    assert [r["step"] for r in csv.DictReader((out / "train_log.csv").open())] == [
+        str(s) for s in range(1, 7)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -107,9 +107,28 @@ def no_sync(wrapper: torch.nn.Module | None, last: bool) -> contextlib.AbstractC
     return wrapper.no_sync()
 
 
+@contextlib.contextmanager
+def collective_step(step: int) -> Iterator[None]:
+    """Turn a failure of DDP's own collectives in training step ``step`` (the gradients'
+    all-reduce: another rank died or stalled) into the clear :class:`DistributedError` the
+    other collectives raise. Nothing changes in a single process."""
+    try:
+        yield
+    except RuntimeError as error:
+        if distributed.world_size() == 1 or isinstance(error, distributed.DistributedError):
+            raise
+        backend_error = getattr(torch.distributed, "DistBackendError", ())
+        text = str(error)
+        if isinstance(error, backend_error) or any(
+            word in text for word in ("gloo", "NCCL", "Connection closed", "Timed out")
+        ):
+            raise distributed._collective_failed(f"train step {step}", error) from error
+        raise
+
+
 def step_totals(
     loss_sum: float, collapse_values: Sequence[float | None], tuples_per_step: int,
-    device: torch.device,
+    device: torch.device, step: int = 0,
 ) -> tuple[float, float | None]:
     """The step's loss (mean over its tuples, every rank's) and the mean collapse value of its
     tuples (None when the loss has none for some tuple), the same on every rank.
@@ -120,6 +139,7 @@ def step_totals(
     missing = len(collapse_values) - len(known)
     if distributed.world_size() == 1 and tuples_per_step == 1:
         return loss_sum, (known[0] if known and not missing else None)
-    summed = distributed.all_sum([loss_sum, math.fsum(known), missing], "train step", device)
+    summed = distributed.all_sum([loss_sum, math.fsum(known), missing], f"train step {step}",
+                                 device)
     loss, collapse, none = float(summed[0]), float(summed[1]), int(summed[2])
     return loss / tuples_per_step, (None if none else collapse / tuples_per_step)
