@@ -209,7 +209,7 @@ def test_a_rank_killed_mid_run_stops_the_other_and_the_run_resumes(
     for r in (0, 1):
         env = clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                         MASTER_PORT=port, SOFTLOC_DIST_TIMEOUT_S="60")
-        env[KILL_ENV] = "train step 4:rank1"  # step index 4 is the 5th step
+        env[KILL_ENV] = "train step 5:rank1"  # after its backward, before the step's sum
         ranks.append(subprocess.Popen(
             [sys.executable, "-m", "softloc", "-q", "train", "--data", str(street.root),
              "--out", str(out), *sets([*SMALL, "train.tuples_per_step=2", "train.val_every=0"])],
@@ -223,7 +223,7 @@ def test_a_rank_killed_mid_run_stops_the_other_and_the_run_resumes(
             process.kill()
     assert ranks[1].returncode == -9
     assert ranks[0].returncode == 2, err0[-3000:]
-    assert "softloc train: error: rank 0 of 2: train step 4 failed: another rank died" in err0
+    assert "softloc train: error: rank 0 of 2: train step 5 failed: another rank died" in err0
     assert time.monotonic() - started < 90
     assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
     assert list_checkpoints(out / "checkpoints")[-1].name == "step_00000004.safetensors"

@@ -318,7 +318,7 @@ class Trainer:
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with train_ranks.collective_step(step):  # a dead rank: a clear error, exit 2
+            with train_ranks.collective_step(step + 1):  # a dead rank: a clear error, exit 2
                 loss = self.train_step(model, optimizer, step)
             probe = self.collapse.after_step(model, step + 1, loss)
             running = loss if running is None else 0.98 * running + 0.02 * loss
@@ -440,7 +440,7 @@ class Trainer:
             total += float(loss.detach())
             collapse_values.append(getattr(self.loss_fn, "last_collapse_value", None))
         value, collapse = train_ranks.step_totals(
-            total, collapse_values, cfg.tuples_per_step, self.device, step
+            total, collapse_values, cfg.tuples_per_step, self.device, step + 1
         )
         if not np.isfinite(value):  # the same verdict on every rank: the step's loss
             raise self._non_finite(value, step)

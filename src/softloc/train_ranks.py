@@ -109,9 +109,10 @@ def no_sync(wrapper: torch.nn.Module | None, last: bool) -> contextlib.AbstractC
 
 @contextlib.contextmanager
 def collective_step(step: int) -> Iterator[None]:
-    """Turn a failure of DDP's own collectives in training step ``step`` (the gradients'
-    all-reduce: another rank died or stalled) into the clear :class:`DistributedError` the
-    other collectives raise. Nothing changes in a single process."""
+    """Turn a failure of DDP's own collectives in training step ``step`` (counted from 1, as
+    in ``train_log.csv``; the gradients' all-reduce: another rank died or stalled) into the
+    clear :class:`DistributedError` the other collectives raise. Nothing changes in a single
+    process."""
     try:
         yield
     except RuntimeError as error:
@@ -132,6 +133,8 @@ def step_totals(
 ) -> tuple[float, float | None]:
     """The step's loss (mean over its tuples, every rank's) and the mean collapse value of its
     tuples (None when the loss has none for some tuple), the same on every rank.
+
+    ``step`` counts from 1 and names the collective (kill point ``train step <step>:rank<r>``).
 
     In a single process with one tuple these are the tuple's own values, unchanged.
     """
