@@ -197,6 +197,46 @@ def test_two_process_mining_gathers_the_cache_of_one_process(street, tmp_path: P
     assert np.allclose(list(losses.values()), list(alone.values()), rtol=LOSS_RTOL, atol=0)
 
 
+COLLAPSE_SCRIPT = """
+import json, sys
+from pathlib import Path
+root, out, repo = sys.argv[1:4]
+sys.path.insert(0, repo)
+from softloc import distributed
+from softloc.train import Trainer
+from tests.test_collapse import STOPPING, _collapse_after
+from tests.tiny_run import tiny_config
+trainer = Trainer(tiny_config(Path(root), *STOPPING, "train.tuples_per_step=2"), out,
+                  progress=False)
+_collapse_after(trainer, 4)  # on every rank: the models stay identical
+path = trainer.run()
+Path(out + f".rank{distributed.rank()}").write_text(str(path))
+"""
+
+
+def test_two_processes_stop_on_collapse_together(street, tmp_path: Path) -> None:
+    """The collapse of the stopping test of tests/test_collapse.py, on 2 processes: both ranks
+    take the verdict of the probe at step 8 and stop there (no rank waits for the other), and
+    rank 0 keeps the weights of step 4, the last healthy probe, as one process does."""
+    script = tmp_path / "collapse.py"
+    script.write_text(COLLAPSE_SCRIPT)
+    out = tmp_path / "run"
+    repo = str(Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(script), str(street.root), str(out), repo]
+    done = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in (0, 1):
+        assert (tmp_path / f"run.rank{r}").read_text() == str(out / "model.safetensors")
+    steps = [int(row["step"]) for row in csv.DictReader((out / "train_log.csv").open())]
+    assert steps[-1] == 8
+    probes = list(csv.DictReader((out / "val_log.csv").open()))
+    assert [int(row["step"]) for row in probes] == [0, 2, 4, 6, 8]
+    assert [row["collapsed"] for row in probes] == ["0", "0", "0", "0", "1"]
+    kept = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(kept[k], v) for k, v in step_file(out, 4).items())
+
+
 def test_a_rank_killed_mid_run_stops_the_other_and_the_run_resumes(
     street, tmp_path: Path
 ) -> None:
