@@ -132,7 +132,7 @@ class Trainer:
             )
         self._store: ImageStore | None = None
         self._pipeline: ImagePipeline | None = None
-        self._feed: Lookahead[tuple[int, TrainingTuple, torch.Tensor]] | None = None
+        self._feed: Lookahead[tuple[tuple[int, int], TrainingTuple, torch.Tensor]] | None = None
         self._scaler: torch.amp.GradScaler | None = None
         self._forward: tuple[torch.nn.Module, torch.nn.Module] | None = None
         self._ddp: torch.nn.Module | None = None  # the DDP wrapper under torchrun
