@@ -206,7 +206,7 @@ class TrainConfig:
     """Optimisation schedule, checkpoints, logging and validation.
 
     Attributes:
-        steps: total optimisation steps (one tuple per step).
+        steps: total optimisation steps (``tuples_per_step`` tuples each).
         steps_per_epoch: the learning rate is multiplied by ``lr_decay`` after each epoch.
         lr: Adam learning rate.
         lr_decay: factor applied per epoch (0.5 halves it, as the authors do).

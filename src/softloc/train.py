@@ -3,8 +3,9 @@
 A run is a folder: ``config.yaml`` (the resolved configuration), ``train_log.csv`` (loss and
 learning rate), ``val_log.csv`` (validation top-1 accuracy), ``checkpoints/`` and, when the run
 is finished, ``model.safetensors`` + ``model.json``. Every tuple is drawn from a random
-generator seeded with (seed, step), so a run resumed from a checkpoint repeats exactly what the
-uninterrupted run would have done.
+generator seeded with (seed, step, its index in the step), so a run resumed from a checkpoint
+repeats exactly what the uninterrupted run would have done. Under torchrun the ranks share each
+step's tuples under DistributedDataParallel and rank 0 alone writes (`softloc.train_ranks`).
 """
 
 from __future__ import annotations
