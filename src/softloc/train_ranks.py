@@ -44,8 +44,9 @@ def check_world(tuples_per_step: int, world: int | None = None) -> None:
         raise ConfigError(
             f"train.tuples_per_step={tuples_per_step} is less than the {world} processes of "
             f"this launch: each rank takes tuples r, r+{world}, ... of a step, so some would "
-            f"have none. Set --set train.tuples_per_step={world} (or a multiple of it; the "
-            "loss is the mean over the step's tuples) or start fewer processes"
+            f"have none. Set --set train.tuples_per_step={world} or more (the loss is the "
+            f"mean over the step's tuples; a multiple of {world} keeps the ranks equally "
+            "busy) or start fewer processes"
         )
 
 
