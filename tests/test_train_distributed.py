@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 
 from softloc.checkpoints import list_checkpoints
 from softloc.config import ConfigError
+from softloc.distributed import DistributedError
 from softloc.kill_points import ENV_VAR as KILL_ENV
 from softloc.train import Trainer
 from softloc.train_ranks import check_world, collective_step, gradient_scale, my_tuples
@@ -93,7 +94,7 @@ def test_the_scaled_gradients_averaged_over_ranks_are_the_gradient_of_the_mean_l
     torch.testing.assert_close(sum(per_rank) / 2, expected)
 
 
-def test_more_processes_than_tuples_is_refused_before_anything_is_written(
+def test_more_processes_than_tuples_or_batch_norm_is_refused_before_anything_is_written(
     street, tmp_path: Path, monkeypatch
 ) -> None:
     with pytest.raises(ConfigError, match=r"tuples_per_step=3 is less than the 4 processes"):
@@ -102,14 +103,25 @@ def test_more_processes_than_tuples_is_refused_before_anything_is_written(
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before the group opens
     with pytest.raises(ConfigError, match=r"--set train.tuples_per_step=2"):
         Trainer(tiny_config(street.root), tmp_path / "run", progress=False).run()
+    bn = tiny_config(street.root, "train.tuples_per_step=2", "model.name=resnet18_gem")
+    with pytest.raises(DistributedError, match=r"BatchNorm layers"):
+        Trainer(bn, tmp_path / "run", progress=False).run()
     assert not (tmp_path / "run").exists()
+
+
+def test_batch_norm_is_refused_on_several_processes() -> None:
+    """resnet18's BatchNorm running statistics would follow each rank's own tuples."""
+    from softloc.models import create_model
+    from softloc.train_ranks import check_no_batch_norm
+
+    check_no_batch_norm(create_model("small_gem", image_size=(32, 24)))  # GroupNorm: fine
+    with pytest.raises(DistributedError, match=r"BatchNorm layers \(backbone.*one process"):
+        check_no_batch_norm(create_model("resnet18_gem", image_size=(32, 24)))
 
 
 def test_a_failed_gradient_all_reduce_becomes_the_clear_error(monkeypatch) -> None:
     """DDP's own all-reduce (inside backward) fails with the backend's error when a peer is
     gone; the step says so as the other collectives do. Other errors pass unchanged."""
-    from softloc.distributed import DistributedError
-
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(DistributedError, match=r"rank 1 of 2: train step 7 failed: another rank"):

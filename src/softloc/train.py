@@ -261,6 +261,7 @@ class Trainer:
         """
         cfg = self.config
         train_ranks.check_world(cfg.train.tuples_per_step)  # every rank refuses alike
+        train_ranks.check_model_name(cfg.model.name, cfg.model.options)
         plan = check_run_folder(self.out, cfg, resume=resume, overwrite=overwrite)
         self.check_images()
         self.check_trainable()

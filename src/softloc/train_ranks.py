@@ -84,14 +84,15 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     The wrapper shares the model's parameters, so the optimizer (built over ``model``) and the
     checkpoints hold no rank-specific state. Buffers are not broadcast at each forward pass:
     every rank starts from the same seeded (or checkpointed) weights, which DDP broadcasts
-    from rank 0 once here, and the models' normalisation is GroupNorm, with no running
-    statistics; ranks may also run different numbers of forward passes in a step when N does
-    not divide T, which a per-forward broadcast would not allow.
+    from rank 0 once here, and a model with BatchNorm, the one layer with running statistics,
+    is refused (:func:`check_no_batch_norm`); ranks may also run different numbers of forward
+    passes in a step when N does not divide T, which a per-forward broadcast would not allow.
     """
     if not distributed.init_process_group(device):
         return model
     if not any(p.requires_grad for p in model.parameters()):
         return model  # nothing to train, nothing to synchronise (the loop takes no step)
+    check_no_batch_norm(model)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
@@ -99,6 +100,42 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
     no_buffer_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
     return DistributedDataParallel(model, device_ids=ids, **no_buffer_sync)
+
+
+def check_model_name(name: str, options: dict) -> None:
+    """Under torchrun, refuse a model with BatchNorm (:func:`check_no_batch_norm`) before
+    anything is written; it is built on the meta device (no memory, no weights read)."""
+    if distributed.world_size() == 1:
+        return
+    from softloc.models import create_model
+
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **options)
+    except Exception:  # noqa: BLE001 - the real build reports its own errors later
+        return
+    check_no_batch_norm(probe)
+
+
+def check_no_batch_norm(model: torch.nn.Module) -> None:
+    """Refuse BatchNorm layers on several processes: each rank would update their running
+    statistics from its own tuples only, so the ranks' models (and the saved one) would differ
+    from each other and from one process's. (SyncBatchNorm would not help: it normalises over
+    all ranks' tuples together, which one process never does.)
+
+    Raises:
+        distributed.DistributedError: the model has a BatchNorm layer.
+    """
+    found = [name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    if found:
+        raise distributed.DistributedError(
+            f"the model has BatchNorm layers ({', '.join(found[:3])}"
+            f"{', ...' if len(found) > 3 else ''}): their running statistics would differ "
+            "between the processes of this launch. Train it in one process (plain `softloc "
+            "train`, train.tuples_per_step works there too) or choose a backbone without "
+            "BatchNorm (vgg16, small)"
+        )
 
 
 def no_sync(wrapper: torch.nn.Module | None, last: bool) -> contextlib.AbstractContextManager:
