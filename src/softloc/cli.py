@@ -57,7 +57,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         path = trainer.run(resume=args.resume, overwrite=args.overwrite)
     except ImageError as error:  # a file the start-up check could not judge: name its line
         raise ImageError(with_places_line(str(error), trainer.places)) from error
-    print(f"model: {path}")
+    from softloc.distributed import is_main
+
+    if is_main():  # under torchrun every rank returns the path; one prints it
+        print(f"model: {path}")
     return 0
 
 

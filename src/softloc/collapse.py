@@ -313,9 +313,11 @@ class CollapseWatch:
 
     def probe(self, model: torch.nn.Module, step: int) -> Probe:
         """Measure the probe batch now and update the verdict (warning when it fires)."""
-        from softloc.extract import extract_descriptors
+        from softloc.extract import extract_over_ranks
 
-        descriptors = extract_descriptors(model, self.trainer.store, self.rows)
+        # under torchrun the ranks share the work and every rank gets every row, so all of
+        # them take the same verdict
+        descriptors = extract_over_ranks(model, self.trainer.store, self.rows, desc="probe")
         spread = mean_pairwise_distance(descriptors)
         rank = effective_rank(descriptors)
         had = self.detector.collapse is not None

@@ -207,7 +207,7 @@ class TrainConfig:
     """Optimisation schedule, checkpoints, logging and validation.
 
     Attributes:
-        steps: total optimisation steps (one tuple per step).
+        steps: total optimisation steps (``tuples_per_step`` tuples each).
         steps_per_epoch: the learning rate is multiplied by ``lr_decay`` after each epoch.
         lr: Adam learning rate.
         lr_decay: factor applied per epoch (0.5 halves it, as the authors do).
@@ -227,6 +227,9 @@ class TrainConfig:
         channels_last: keep the network and its inputs in channels-last memory format
             (faster convolutions on recent GPUs).
         compile: run the training forward pass through ``torch.compile``.
+        tuples_per_step: tuples of one optimisation step; its loss is their mean (1, the
+            authors' setting). Under torchrun rank r takes tuples r, r+N, ... of each step,
+            so it must be at least the number of processes (`softloc.train_ranks`).
     """
 
     steps: int = 2000
@@ -246,8 +249,14 @@ class TrainConfig:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
+    tuples_per_step: int = 1
 
     def __post_init__(self) -> None:
+        if self.tuples_per_step < 1:
+            raise ConfigError(
+                f"train.tuples_per_step must be a whole number >= 1 (1: one tuple a step, the "
+                f"authors' setting); got {self.tuples_per_step!r}"
+            )
         if self.amp not in AMP_MODES:
             raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
         if self.device not in DEVICES:

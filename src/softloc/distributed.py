@@ -21,9 +21,10 @@ a :class:`DistributedError` naming the step and the rank.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -234,3 +235,55 @@ def gather_rows(
     if parts is None:
         return None
     return np.concatenate([p.cpu().numpy()[: int(c)] for p, c in zip(parts, counts, strict=True)])
+
+
+def _collective_device(device: torch.device | str) -> torch.device:
+    return torch.device("cuda", local_rank()) if backend_for(device) == "nccl" else torch.device(
+        "cpu")
+
+
+def all_sum(
+    values: Sequence[float] | np.ndarray, step: str = "sum", device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """The element-wise sum over the ranks of a few numbers (float64), on every rank.
+
+    In a single process ``values`` come back as a float64 array, unchanged.
+    """
+    local = np.asarray(values, dtype=np.float64)
+    if not init_process_group(device):
+        return local
+    import torch.distributed as dist
+
+    kill_point(f"{step}:rank{rank()}")
+    tensor = torch.from_numpy(local.copy()).to(_collective_device(device))
+    try:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    except Exception as error:
+        raise _collective_failed(step, error) from error
+    return tensor.cpu().numpy()
+
+
+def main_decides(flag: bool, step: str = "decision", device: torch.device | str = "cpu") -> bool:
+    """Rank 0's ``flag`` on every rank (a decision all must take alike, e.g. stop now)."""
+    if not init_process_group(device):
+        return bool(flag)
+    import torch.distributed as dist
+
+    kill_point(f"{step}:rank{rank()}")
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_collective_device(device))
+    try:
+        dist.broadcast(tensor, src=0)
+    except Exception as error:
+        raise _collective_failed(step, error) from error
+    return bool(tensor.item())
+
+
+@contextlib.contextmanager
+def main_first(step: str = "main first", device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block on rank 0 first, then on the others (which wait for it at a barrier):
+    for work that writes a shared file the others then read, e.g. a dataset's image cache."""
+    if not is_main():
+        barrier(step, device)
+    yield
+    if is_main():
+        barrier(step, device)

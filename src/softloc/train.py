@@ -3,8 +3,9 @@
 A run is a folder: ``config.yaml`` (the resolved configuration), ``train_log.csv`` (loss and
 learning rate), ``val_log.csv`` (validation top-1 accuracy), ``checkpoints/`` and, when the run
 is finished, ``model.safetensors`` + ``model.json``. Every tuple is drawn from a random
-generator seeded with (seed, step), so a run resumed from a checkpoint repeats exactly what the
-uninterrupted run would have done.
+generator seeded with (seed, step, its index in the step), so a run resumed from a checkpoint
+repeats exactly what the uninterrupted run would have done. Under torchrun the ranks share each
+step's tuples under DistributedDataParallel and rank 0 alone writes (`softloc.train_ranks`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from softloc import distributed, train_ranks
 from softloc.check import bad_images_message, header_check
 from softloc.checkpoints import (
     list_checkpoints,
@@ -38,7 +40,7 @@ from softloc.data.pipeline import ImagePipeline, Lookahead, resolve_workers
 from softloc.data.places import PLACES_FILE, PlaceTable, read_places
 from softloc.data.tuples import MiningCache, TrainingTuple, TupleSampler
 from softloc.evaluation.metrics import topn_accuracy
-from softloc.extract import extract_descriptors
+from softloc.extract import extract_descriptors, extract_over_ranks
 from softloc.index import DescriptorIndex
 from softloc.losses import create_loss, loss_options_from_config, loss_trains
 from softloc.models import DescriptorModel, create_model, fit_pca_whitening, save_model
@@ -131,14 +133,15 @@ class Trainer:
             )
         self._store: ImageStore | None = None
         self._pipeline: ImagePipeline | None = None
-        self._feed: Lookahead[tuple[int, TrainingTuple, torch.Tensor]] | None = None
+        self._feed: Lookahead[tuple[tuple[int, int], TrainingTuple, torch.Tensor]] | None = None
         self._scaler: torch.amp.GradScaler | None = None
         self._forward: tuple[torch.nn.Module, torch.nn.Module] | None = None
+        self._ddp: torch.nn.Module | None = None  # the DDP wrapper under torchrun
         self.sampler = TupleSampler(
             self.train_places, config.tuples, config.data.reference_traversal
         )
         self.loss_fn = build_loss(config)
-        self.device = resolve_device(config.train.device)
+        self.device = train_ranks.rank_device(resolve_device(config.train.device))
         self.validation = self._validation_set()
         self._epoch_anchors: tuple[int, np.ndarray] | None = None
         self._mining: tuple[int, MiningCache] | None = None
@@ -190,10 +193,11 @@ class Trainer:
                 places_file = self.places.root / PLACES_FILE
                 where = [f"{places_file}, line {i + 2}" for i in range(len(self.places))]
             workers = resolve_workers(data.workers)
-            self._store = store_for_places(
-                self.places, (int(width), int(height)), data.cache_images, data.cache_dir,
-                workers, self.progress, where,
-            )
+            with distributed.main_first("image cache", self.device):  # rank 0 builds it
+                self._store = store_for_places(
+                    self.places, (int(width), int(height)), data.cache_images, data.cache_dir,
+                    workers, self.progress and distributed.is_main(), where,
+                )
             pre = model.meta["preprocessing"]
             self._pipeline = ImagePipeline(
                 self._store, workers, data.prefetch, self.device, pre["mean"], pre["std"],
@@ -226,8 +230,9 @@ class Trainer:
         if self.validation is None:
             return float("nan")
         amp = self.config.train.amp
-        ref = extract_descriptors(model, self.pipeline, self.validation.reference, amp=amp)
-        qry = extract_descriptors(model, self.pipeline, self.validation.queries, amp=amp)
+        # under torchrun each rank describes a block and every rank gets all rows
+        ref = extract_over_ranks(model, self.pipeline, self.validation.reference, amp=amp)
+        qry = extract_over_ranks(model, self.pipeline, self.validation.queries, amp=amp)
         index = DescriptorIndex(ref.shape[1])
         index.add(ref)
         _, found = index.search(qry, 1)
@@ -255,10 +260,15 @@ class Trainer:
                 parameters meets a loss that trains, or the loss is not finite.
         """
         cfg = self.config
+        train_ranks.check_world(cfg.train.tuples_per_step)  # every rank refuses alike
+        train_ranks.check_model_name(cfg.model.name, cfg.model.options)
         plan = check_run_folder(self.out, cfg, resume=resume, overwrite=overwrite)
         self.check_images()
         self.check_trainable()
-        plan.apply()
+        distributed.barrier("run folder checked", self.device)  # every rank judged it as found
+        if distributed.is_main():  # rank 0 alone writes into the run folder
+            plan.apply()
+        distributed.barrier("run folder ready", self.device)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         start = 0
@@ -278,13 +288,15 @@ class Trainer:
                 logger.info("no checkpoint in %s: starting from scratch", self.checkpoint_dir)
             model = self.initial_model().to(self.device)
             optimizer = self._optimizer(model)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        if distributed.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
         self._prepare_device(model, resume=bool(checkpoints))
         if not loss_trains(cfg.loss.name):
             logger.info("loss %r trains nothing: keeping the initial weights", cfg.loss.name)
-        train_log = _CsvLog(self.out / "train_log.csv", ["step", "loss", "lr", "seconds"], start)
-        val_log = _CsvLog(self.out / "val_log.csv", ["step", "top1", *COLLAPSE_COLUMNS], start)
+        train_log = _main_log(self.out / "train_log.csv", ["step", "loss", "lr", "seconds"], start)
+        val_log = _main_log(self.out / "val_log.csv", ["step", "top1", *COLLAPSE_COLUMNS], start)
+        distributed.barrier("logs ready", self.device)  # the others read val_log after rank 0
         self.collapse.restore(val_log.path)
         if start == 0 and (self.validation is not None or self.collapse.enabled):
             probe = self.collapse.after_step(model, 0, None)
@@ -298,7 +310,7 @@ class Trainer:
             initial=start,
             total=cfg.train.steps,
             desc=f"train {cfg.loss.name}",
-            disable=not self.progress,
+            disable=not (self.progress and distributed.is_main()),
             unit="step",
         )
         began = time.perf_counter()
@@ -308,7 +320,8 @@ class Trainer:
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = self.train_step(model, optimizer, step)
+            with train_ranks.collective_step(step + 1):  # a dead rank: a clear error, exit 2
+                loss = self.train_step(model, optimizer, step)
             probe = self.collapse.after_step(model, step + 1, loss)
             running = loss if running is None else 0.98 * running + 0.02 * loss
             done = step + 1
@@ -323,9 +336,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{running:.4f}", val_top1=f"{top1:.3f}")
             elif probe is not None:
                 val_log.write([done, "", *probe.cells()])
-            if self.collapse.stop:
+            if probe is not None and distributed.main_decides(self.collapse.stop, "collapse"):
                 break
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            if distributed.is_main() and (
+                done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps
+            ):
                 save_checkpoint(
                     self.checkpoint_dir,
                     done,
@@ -388,71 +403,104 @@ class Trainer:
     def train_step(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int
     ) -> float:
-        """One optimisation step on the tuple of ``step``; returns the loss value.
+        """One optimisation step on the ``train.tuples_per_step`` tuples of ``step`` (under
+        torchrun, this rank's share of them: `softloc.train_ranks`); returns the step's loss,
+        the mean over all its tuples.
 
-        The tuple and its images come prepared ahead by the worker threads when mining is
-        off (the tuple is a function of (seed, step) alone), else they are made here.
+        The tuples and their images come prepared ahead by the worker threads when mining is
+        off (a tuple is a function of (seed, step, its index) alone), else they are made here.
+        Each tuple is back-propagated on its own (the gradients add up), scaled so that the
+        gradient is that of the mean loss.
         """
-        prepared = self._take_prepared(step)
-        if prepared is None:
-            tup = self._draw_tuple(step, self.anchors_for(step), self.mining_cache(model, step))
-            host = self.pipeline.load(self.train_rows[tup.indices])
-        else:
-            tup, host = prepared
-        images = self.pipeline.to_device(host)
-        distances = torch.from_numpy(tup.distances).float()
+        cfg = self.config.train
         optimizer.zero_grad(set_to_none=True)
         net = self._forward[1] if self._forward is not None and self._forward[0] is model else model
-        with autocast(self.device, self.config.train.amp):
-            descriptors = net(images)
-        loss = self.loss_fn(descriptors.float(), distances)  # the loss in float32
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite loss {loss.item()} at step {step}; lower train.lr or check the "
-                "data (the last checkpoint is kept; fix and rerun with --resume)"
-            )
+        mine = train_ranks.my_tuples(cfg.tuples_per_step)
+        scale = train_ranks.gradient_scale(cfg.tuples_per_step)
+        total, collapse_values = 0.0, []
+        for n, index in enumerate(mine):
+            prepared = self._take_prepared(step, index)
+            if prepared is None:
+                mining = self.mining_cache(model, step)
+                tup = self._draw_tuple(step, self.anchors_for(step), mining, index)
+                host = self.pipeline.load(self.train_rows[tup.indices])
+            else:
+                tup, host = prepared
+            images = self.pipeline.to_device(host)
+            distances = torch.from_numpy(tup.distances).float()
+            with train_ranks.no_sync(self._ddp, last=n == len(mine) - 1):
+                with autocast(self.device, cfg.amp):
+                    descriptors = net(images)
+                loss = self.loss_fn(descriptors.float(), distances)  # the loss in float32
+                if distributed.world_size() == 1 and not torch.isfinite(loss):
+                    raise self._non_finite(float(loss.detach()), step)
+                scaled = loss if scale == 1 else loss * scale
+                if self._scaler is not None:
+                    self._scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            total += float(loss.detach())
+            collapse_values.append(getattr(self.loss_fn, "last_collapse_value", None))
+        value, collapse = train_ranks.step_totals(
+            total, collapse_values, cfg.tuples_per_step, self.device, step + 1
+        )
+        if not np.isfinite(value):  # the same verdict on every rank: the step's loss
+            raise self._non_finite(value, step)
+        if hasattr(self.loss_fn, "last_collapse_value"):
+            self.loss_fn.last_collapse_value = collapse  # the step's, for the collapse watch
         if self._scaler is not None:
-            self._scaler.scale(loss).backward()
             self._scaler.step(optimizer)
             self._scaler.update()
         else:
-            loss.backward()
             optimizer.step()
-        return float(loss.detach())
+        return value
+
+    @staticmethod
+    def _non_finite(value: float, step: int) -> TrainingError:
+        return TrainingError(
+            f"non-finite loss {value} at step {step}; lower train.lr or check the "
+            "data (the last checkpoint is kept; fix and rerun with --resume)"
+        )
 
     def _draw_tuple(
-        self, step: int, anchors: np.ndarray, mining: MiningCache | None
+        self, step: int, anchors: np.ndarray, mining: MiningCache | None, index: int = 0
     ) -> TrainingTuple:
-        """The tuple of ``step``: drawn from a generator seeded with (seed, step)."""
-        rng = np.random.default_rng([self.config.train.seed, 2, step])
+        """Tuple ``index`` of ``step``: drawn from a generator seeded with (seed, step, index)
+        (with (seed, step) for tuple 0, the one tuple of a step by default)."""
+        key = [self.config.train.seed, 2, step] + ([index] if index else [])
+        rng = np.random.default_rng(key)
         return self.sampler.sample(rng, anchors=anchors, mining=mining)
 
     def _tuple_feed(
         self, start: int, stop: int
-    ) -> Lookahead[tuple[int, TrainingTuple, torch.Tensor]] | None:
-        """Tuples and their uint8 images of steps ``start .. stop - 1``, prepared
-        ``data.prefetch`` steps ahead by the workers (None when mining is on, since a mined
-        tuple needs the model of its step, or without workers)."""
+    ) -> Lookahead[tuple[tuple[int, int], TrainingTuple, torch.Tensor]] | None:
+        """This rank's tuples and their uint8 images of steps ``start .. stop - 1``, keyed
+        (step, index), prepared ``data.prefetch`` tuples ahead by the workers (None when
+        mining is on, since a mined tuple needs the model of its step, or without workers)."""
         if self.config.mining.enabled or self.pipeline.pool is None:
             return None
+        mine = train_ranks.my_tuples(self.config.train.tuples_per_step)
+        keys = [(step, index) for step in range(start, stop) for index in mine]
 
-        def job(step: int):  # type: ignore[no-untyped-def]
-            anchors = self.anchors_for(step)  # in the training thread: it caches per epoch
+        def job(key: tuple[int, int]):  # type: ignore[no-untyped-def]
+            anchors = self.anchors_for(key[0])  # in the training thread: it caches per epoch
 
-            def prepare() -> tuple[int, TrainingTuple, torch.Tensor]:
-                tup = self._draw_tuple(step, anchors, None)
-                return step, tup, self.pipeline.load(self.train_rows[tup.indices], False)
+            def prepare() -> tuple[tuple[int, int], TrainingTuple, torch.Tensor]:
+                tup = self._draw_tuple(key[0], anchors, None, key[1])
+                return key, tup, self.pipeline.load(self.train_rows[tup.indices], False)
 
             return prepare
 
-        return Lookahead(job, range(start, stop), self.pipeline.pool, self.config.data.prefetch)
+        return Lookahead(job, keys, self.pipeline.pool, self.config.data.prefetch)
 
-    def _take_prepared(self, step: int) -> tuple[TrainingTuple, torch.Tensor] | None:
-        """The prepared tuple of ``step`` from the feed (None without one)."""
+    def _take_prepared(
+        self, step: int, index: int = 0
+    ) -> tuple[TrainingTuple, torch.Tensor] | None:
+        """The prepared tuple ``index`` of ``step`` from the feed (None without one)."""
         if self._feed is None:
             return None
         prepared = next(self._feed, None)
-        if prepared is None or prepared[0] != step:  # not the step the feed expected
+        if prepared is None or prepared[0] != (step, index):  # not the tuple the feed expected
             self._feed.close()
             self._feed = None
             return None
@@ -463,7 +511,12 @@ class Trainer:
         cfg = self.config.train
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self._forward = (model, torch.compile(model)) if cfg.compile else None
+        wrapped = train_ranks.wrap(model, self.device)  # DDP under torchrun, else model
+        self._ddp = wrapped if wrapped is not model else None
+        if cfg.compile:
+            self._forward = (model, torch.compile(wrapped))
+        else:
+            self._forward = None if self._ddp is None else (model, wrapped)
         scaler = grad_scaler(self.device, cfg.amp)
         if not (resume and self._scaler is not None and scaler is not None):
             self._scaler = scaler
@@ -492,7 +545,8 @@ class Trainer:
             size = min(cfg.cache_size, len(self.train_rows))
             rows = np.sort(rng.choice(len(self.train_rows), size, replace=False))
             began = time.perf_counter()
-            descriptors = extract_descriptors(
+            # under torchrun each rank describes a block; every rank gets the whole cache
+            descriptors = extract_over_ranks(
                 model, self.pipeline, self.train_rows[rows], amp=self.config.train.amp
             )
             logger.info(
@@ -574,15 +628,22 @@ class Trainer:
         if cfg.model.whitening_dim is not None:
             rng = np.random.default_rng([cfg.train.seed, 3])
             rows = rng.choice(self.train_rows, min(2000, len(self.train_rows)), replace=False)
-            descriptors = extract_descriptors(
+            descriptors = extract_over_ranks(
                 model, self.pipeline, np.sort(rows), progress=self.progress, desc="whitening"
             )
             model.set_whitening(fit_pca_whitening(descriptors, cfg.model.whitening_dim))
         path = Path(path) if path is not None else self.out / FINAL_MODEL
         extra = {"config": config_to_dict(cfg), "step": cfg.train.steps, **(extra or {})}
-        save_model(model, path, extra=extra)
-        logger.info("wrote %s", path)
+        if distributed.is_main():  # under torchrun rank 0 alone writes the model
+            save_model(model, path, extra=extra)
+            logger.info("wrote %s", path)
+        distributed.barrier("model saved", self.device)  # every rank returns once it exists
         return path
+
+
+def _main_log(path: Path, columns: list[str], start: int) -> _CsvLog:
+    """The run's CSV log on rank 0; under torchrun, a log that writes nothing on the others."""
+    return _CsvLog(path, columns, start) if distributed.is_main() else _NoLog(path)
 
 
 class _CsvLog:
@@ -604,3 +665,13 @@ class _CsvLog:
     def write(self, row: list[Any]) -> None:
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerow(row)
+
+
+class _NoLog(_CsvLog):
+    """The log of a rank other than 0: it knows its file but writes nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, row: list[Any]) -> None:
+        pass
