@@ -228,13 +228,15 @@ def create_app(
         return JSONResponse({"error": f"internal error ({type(error).__name__})"},
                             status_code=500)
 
+    # /health and /map are async: they compute nothing, so they answer on the event loop
+    # without a thread-pool hop (a sync endpoint would take one per request).
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         """Liveness: answers without a token."""
         return {"status": "ok", "references": len(the_map)}
 
     @app.get("/map")
-    def map_info(request: Request) -> dict[str, Any]:
+    async def map_info(request: Request) -> dict[str, Any]:
         """The map being served: its model, size, dimension, index and creation time."""
         authorize(request)
         width, height = localizer.image_size
