@@ -16,7 +16,8 @@ The machine may be shared and noisy, so the phases are interleaved: each of ``--
 rounds runs the in-process baseline and then every service phase, and each ratio compares a
 phase with the baseline of its own round. The servers run for the whole benchmark. Each phase
 also reports the CPU time per request of the client process and of the server process (all
-its threads; from /proc, Linux only). Only the loopback address is used; every phase stops
+its threads; from /proc, Linux only); for the in-process baseline the client column is the
+whole work. Only the loopback address is used; every phase stops
 after ``--max-seconds`` and the servers stop at the end.
 """
 
@@ -220,6 +221,7 @@ def in_process(localizer: Localizer, queries: list[bytes], requests: int,
                max_seconds: float) -> dict:
     latencies = []
     deadline = time.monotonic() + max_seconds
+    cpu = time.process_time()
     start = time.perf_counter()
     for i in range(requests):
         if time.monotonic() > deadline:
@@ -228,7 +230,9 @@ def in_process(localizer: Localizer, queries: list[bytes], requests: int,
         image = Image.open(io.BytesIO(queries[i % len(queries)])).convert("RGB")
         localizer.localize([image])
         latencies.append((time.perf_counter() - t0) * 1000)
-    return summary(latencies, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    cpu_ms = (time.process_time() - cpu) * 1000 / max(1, len(latencies))
+    return summary(latencies, wall) | {"cpu_ms": cpu_ms}
 
 
 def service_phase(server: LoopbackServer, url: str, queries: list[bytes], requests: int,
@@ -285,7 +289,8 @@ def main() -> None:
         for round_ in range(1, args.repeats + 1):
             base = in_process(localizer, queries, args.requests, args.max_seconds)
             print(f"| {round_} | in-process | 1 | {base['count']} | {base['per_s']:.1f} | "
-                  f"{base['p50_ms']:.2f} | {base['p99_ms']:.2f} | 1x | | |", flush=True)
+                  f"{base['p50_ms']:.2f} | {base['p99_ms']:.2f} | 1x | {base['cpu_ms']:.2f} | |",
+                  flush=True)
             for state, wait_ms, max_batch, concurrency in phases:
                 server, url = servers[wait_ms, max_batch]
                 result = service_phase(server, url, queries, args.requests, concurrency,
