@@ -204,3 +204,22 @@ def test_sessions_expire_and_bad_sequence_input_is_refused(street, street_map: P
 def test_cli_serve_refuses_a_missing_map_before_binding(tmp_path: Path, capsys) -> None:
     assert main(["serve", "--map", str(tmp_path / "nowhere"), "--port", "0"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_a_bad_image_is_named_before_bad_sequence_fields(street, client: TestClient) -> None:
+    """The images are checked first (as when they were decoded before the fields were read):
+    a request wrong in both is refused for its image, with the image's own status."""
+    good = ("images", ("f0.png", png_bytes(street.root / street.path[5]), "image/png"))
+    bad_fields = {"timestamps": "soon", "session": "x" * 200}
+    cases = [
+        (("images", ("broken.png", b"not a png", "image/png")), 400, "broken.png"),
+        (("images", ("notes.txt", b"hello", "text/plain")), 415, "notes.txt"),
+        (("images", ("empty.png", b"", "image/png")), 400, "empty.png"),
+    ]
+    for part, status, name in cases:
+        answer = client.post("/localize/sequence", files=[good, part], data=bad_fields)
+        assert answer.status_code == status, answer.text
+        assert name in answer.json()["error"]
+    answer = client.post("/localize/sequence", files=[good], data=bad_fields)
+    assert answer.status_code == 400 and "timestamps" in answer.json()["error"]
+    assert client.get("/health").status_code == 200

@@ -66,3 +66,80 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     with batcher.request():
         assert batcher.describe([1, 2]).shape == (2, 1)  # would hang a minute if it waited
     batcher.close()
+
+
+def test_a_lone_request_runs_the_model_in_its_own_thread_and_company_goes_to_the_worker() -> None:
+    threads_seen: list[str] = []
+    release = threading.Event()
+
+    def describe(images: list[int]) -> np.ndarray:
+        threads_seen.append(threading.current_thread().name)
+        if len(threads_seen) == 1:
+            release.wait(10)  # the model is busy while the second request comes
+        return np.array([[i] for i in images], dtype=np.float32)
+
+    batcher = Batcher(describe, wait_ms=0)
+    results: dict[str, np.ndarray] = {}
+
+    def ask(name: str, images: list[int]) -> None:
+        with batcher.request():
+            results[name] = batcher.describe(images)
+
+    lone = threading.Thread(target=ask, args=("lone", [1]), name="lone")
+    lone.start()
+    while not threads_seen:
+        threading.Event().wait(0.001)
+    second = threading.Thread(target=ask, args=("second", [2, 3]), name="second")
+    second.start()
+    while batcher._queue.qsize() < 1:  # it queues: the model is in use
+        threading.Event().wait(0.001)
+    release.set()
+    lone.join(10)
+    second.join(10)
+    batcher.close()
+    assert threads_seen == ["lone", "softloc-batcher"]
+    np.testing.assert_array_equal(results["lone"][:, 0], [1])
+    np.testing.assert_array_equal(results["second"][:, 0], [2, 3])
+    assert (batcher.batches, batcher.direct) == (2, 1)
+
+
+def test_a_failed_batched_forward_reaches_every_queued_request() -> None:
+    release = threading.Event()
+    calls: list[list[int]] = []
+
+    def describe(images: list[int]) -> np.ndarray:
+        calls.append(list(images))
+        if len(calls) == 1:
+            release.wait(10)
+            return np.zeros((len(images), 1), dtype=np.float32)
+        if len(calls) == 2:
+            raise ValueError(f"image {images[-1]} cannot be read")
+        return np.ones((len(images), 1), dtype=np.float32)
+
+    batcher = Batcher(describe, wait_ms=0)
+    errors: dict[int, BaseException] = {}
+
+    def ask(first: int) -> None:
+        with batcher.request():
+            try:
+                batcher.describe([first])
+            except ValueError as error:
+                errors[first] = error
+
+    threads = [threading.Thread(target=ask, args=(0,))]
+    threads[0].start()
+    while not calls:
+        threading.Event().wait(0.001)
+    for first in (1, 2):
+        threads.append(threading.Thread(target=ask, args=(first,)))
+        threads[-1].start()
+    while batcher._queue.qsize() < 2:
+        threading.Event().wait(0.001)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert calls[1] == [1, 2] and sorted(errors) == [1, 2]  # one batch, both told
+    assert all("image 2" in str(e) for e in errors.values())
+    with batcher.request():  # the model and the worker live on
+        assert batcher.describe([5]).shape == (1, 1)
+    batcher.close()

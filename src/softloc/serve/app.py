@@ -136,9 +136,10 @@ def create_app(
                                      "'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_images(request: Request, fields: tuple[str, ...]) -> tuple[list, list, dict]:
-        """(names, decoded images, the text fields) of a multipart request; the form's
-        temporary files are closed before returning."""
+    async def read_uploads(request: Request, fields: tuple[str, ...]) -> tuple[list, dict]:
+        """(the image parts as (bytes, name, content type), the text fields) of a multipart
+        request; the form's temporary files are closed before returning. The parts are
+        decoded later, in the same thread-pool call as the model (one hop per request)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             raise UploadError(415, f"content type {kind or 'none'!r}: send the images as "
@@ -154,39 +155,49 @@ def create_app(
         finally:
             await form.close()
 
-    async def _read_form(form: Any, fields: tuple[str, ...]) -> tuple[list, list, dict]:
+    async def _read_form(form: Any, fields: tuple[str, ...]) -> tuple[list, dict]:
         uploads = [v for f in fields for v in form.getlist(f)]
         if not uploads:
             raise UploadError(400, f"no image: send a file in the form field "
                                    f"{' or '.join(repr(f) for f in fields)}")
         if len(uploads) > max_images:
             raise UploadError(413, f"{len(uploads)} images: at most {max_images} per request")
-        names, images = [], []
+        parts = []
         for i, upload in enumerate(uploads):
             if not isinstance(upload, UploadFile):
                 raise UploadError(400, f"form field {i} of the images is text, not a file: "
                                        "send the image as a file part")
-            name = upload.filename or f"<upload {i}>"
-            data = await upload.read()
-            images.append(await run_in_threadpool(
-                decode_upload, data, name, upload.content_type, max_pixels))
-            names.append(name)
+            parts.append((await upload.read(), upload.filename or f"<upload {i}>",
+                          upload.content_type))
         texts = {key: form.getlist(key) for key in ("timestamps", "session")}
-        return names, images, texts
+        return parts, texts
+
+    def decode(parts: list[tuple[bytes, str, str | None]]) -> tuple[list[str], list]:
+        """(names, RGB images) of the uploaded parts, in order (the first bad one refused)."""
+        images = [decode_upload(data, name, kind, max_pixels) for data, name, kind in parts]
+        return [name for _, name, _ in parts], images
 
     def retrieve(images: list, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and squared distances of each image's ``width`` nearest references."""
         scores, rows = the_map.search(batcher.describe(images), width)
         return rows, np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0)
 
-    def localize(names: list[str], images: list) -> list[dict]:
+    def localize(parts: list[tuple[bytes, str, str | None]]) -> list[dict]:
+        names, images = decode(parts)
         rows, distances = retrieve(images, localizer.k)  # as Localizer.localize
         return [make_fix(n, r, d, the_map, localizer.estimate, localizer.radius,
                          k=localizer.k).to_dict()
                 for n, r, d in zip(names, rows, distances, strict=True)]
 
-    def localize_sequence(names: list[str], images: list, stamps: list[float | None],
-                          session: str | None) -> list[dict]:
+    def localize_sequence(parts: list[tuple[bytes, str, str | None]],
+                          form: dict[str, list]) -> list[dict]:
+        names, images = decode(parts)  # first, so a bad image is refused before bad fields
+        stamps = _timestamps(form["timestamps"], len(images))
+        session = form["session"][0] if form["session"] else None
+        if session is not None and (not isinstance(session, str) or not session.strip()
+                                    or len(session) > MAX_SESSION_CHARS):
+            raise UploadError(400, f"session must be a non-empty text field of at most "
+                                   f"{MAX_SESSION_CHARS} characters")
         rows, distances = retrieve(images, max(localizer.k, SEQUENCE_CANDIDATES))
         state = sessions.get(session) if session else None
         out = []
@@ -217,13 +228,15 @@ def create_app(
         return JSONResponse({"error": f"internal error ({type(error).__name__})"},
                             status_code=500)
 
+    # /health and /map are async: they compute nothing, so they answer on the event loop
+    # without a thread-pool hop (a sync endpoint would take one per request).
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         """Liveness: answers without a token."""
         return {"status": "ok", "references": len(the_map)}
 
     @app.get("/map")
-    def map_info(request: Request) -> dict[str, Any]:
+    async def map_info(request: Request) -> dict[str, Any]:
         """The map being served: its model, size, dimension, index and creation time."""
         authorize(request)
         width, height = localizer.image_size
@@ -238,8 +251,8 @@ def create_app(
         """Localize each image on its own: one fix per image, in order."""
         authorize(request)
         with batcher.request():
-            names, images, _ = await read_images(request, ("image", "images"))
-            return JSONResponse(await _run(localize, names, images))
+            parts, _ = await read_uploads(request, ("image", "images"))
+            return JSONResponse(await _run(localize, parts))
 
     @app.post("/localize/sequence", openapi_extra={"requestBody": _SEQUENCE_BODY},
               responses=_FIXES_RESPONSE)
@@ -247,20 +260,15 @@ def create_app(
         """Filter ordered frames; with ``session`` the filter continues from the last call."""
         authorize(request)
         with batcher.request():
-            names, images, form = await read_images(request, ("images", "image"))
-            stamps = _timestamps(form["timestamps"], len(images))
-            session = form["session"][0] if form["session"] else None
-            if session is not None and (not isinstance(session, str) or not session.strip()
-                                        or len(session) > MAX_SESSION_CHARS):
-                raise UploadError(400, f"session must be a non-empty text field of at most "
-                                       f"{MAX_SESSION_CHARS} characters")
-            return JSONResponse(await _run(localize_sequence, names, images, stamps, session))
+            parts, form = await read_uploads(request, ("images", "image"))
+            return JSONResponse(await _run(localize_sequence, parts, form))
 
     return app
 
 
 async def _run(function: Callable[..., Any], *args: Any) -> Any:
-    """Run model work off the event loop; an unreadable image or a map error is a 400."""
+    """Run a request's work (decode, model, search, fixes) in one thread-pool call, off the
+    event loop; an unreadable image or a map error is a 400 (an UploadError keeps its own)."""
     try:
         return await run_in_threadpool(function, *args)
     except (ImageError, MapError) as error:

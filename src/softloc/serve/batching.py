@@ -6,6 +6,11 @@ the first waiting request, gathers whatever else arrives within ``wait_ms`` (up 
 The wait happens only while other requests are under way (:meth:`Batcher.request`), so a lone
 request does not wait; under load the model sees larger batches, which is where a GPU (and,
 less so, a CPU) gets its throughput.
+
+A lone request (no other request under way, nothing queued, the model idle) skips the queue
+and runs the model in its own thread: handing it to the worker and back would cost two thread
+switches and gain nothing. The model still runs in one thread at a time: a request that comes
+while it is busy queues, and the worker gathers the queue once the model is free.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class Batcher:
     """Batches calls of ``describe(images) -> (len(images), D)`` from many threads.
 
     Args:
-        describe: the model's forward over a list of images (called from one thread only).
+        describe: the model's forward over a list of images (called by one thread at a time).
         wait_ms: how long the first request of a batch waits for company.
         max_batch: the most images in one forward (a request is never split).
     """
@@ -39,32 +44,52 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches = 0  # forwards run, for the benchmark and tests
+        self.direct = 0  # of which a lone request ran itself, without the queue
         self._active = 0  # requests being received that will call describe
-        self._active_lock = threading.Lock()
+        self._busy = False  # the model is running (a batch, or a lone request's own call)
+        self._state = threading.Condition()  # guards _active, _busy and the queue's filling
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         """Mark a request as under way (its upload still arriving): a batch waits for it only
         while such requests exist, so a lone request does not wait at all."""
-        with self._active_lock:
+        with self._state:
             self._active += 1
         try:
             yield
         finally:
-            with self._active_lock:
+            with self._state:
                 self._active -= 1
 
     def describe(self, images: Sequence[Any]) -> np.ndarray:
-        """The images' descriptors, computed in a batch with other waiting requests."""
+        """The images' descriptors, computed in a batch with other waiting requests (or at
+        once in this thread when no other request is under way and the model is idle)."""
+        images = list(images)
+        with self._state:
+            alone = not self._busy and self._active <= 1 and self._queue.empty()
+            if alone:
+                self._busy = True
+        if alone:
+            try:
+                rows = self._describe(images)
+                self.batches += 1
+                self.direct += 1
+                return rows
+            finally:
+                self._release()
         self._ensure_started()
         done: Future = Future()
-        self._queue.put((list(images), done))
+        with self._state:
+            self._queue.put((images, done))
+            self._state.notify_all()
         return done.result()
 
     def close(self) -> None:
         """Stop the worker (waiting requests are still answered first)."""
         if self._thread is not None:
-            self._queue.put(None)
+            with self._state:
+                self._queue.put(None)
+                self._state.notify_all()
             self._thread.join(timeout=10)
             self._thread = None
 
@@ -75,33 +100,49 @@ class Batcher:
                                                 daemon=True)
                 self._thread.start()
 
+    def _release(self) -> None:
+        with self._state:
+            self._busy = False
+            self._state.notify_all()
+
     def _work(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stop = [first], False
-            count = len(first[0])
-            deadline = time.monotonic() + self.wait_s
-            while count < self.max_batch:
-                left = deadline - time.monotonic()
-                if self._active <= len(batch):  # nobody else is coming: take what is queued
-                    left = 0.0
-                try:
-                    item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                if count + len(item[0]) > self.max_batch:
-                    self._run(batch)
-                    batch, count = [], 0
-                batch.append(item)
-                count += len(item[0])
-            self._run(batch)
-            if stop:
-                return
+            with self._state:  # wait for a queued request and for the model to be free
+                while self._busy or self._queue.empty():
+                    self._state.wait()
+                self._busy = True
+            try:
+                if not self._gather_and_run():
+                    return
+            finally:
+                self._release()
+
+    def _gather_and_run(self) -> bool:
+        """Run the first queued request with what arrives within the wait; False: stop."""
+        first = self._queue.get_nowait()
+        if first is None:
+            return False
+        batch, go_on = [first], True
+        count = len(first[0])
+        deadline = time.monotonic() + self.wait_s
+        while count < self.max_batch:
+            left = deadline - time.monotonic()
+            if self._active <= len(batch):  # nobody else is coming: take what is queued
+                left = 0.0
+            try:
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                go_on = False
+                break
+            if count + len(item[0]) > self.max_batch:
+                self._run(batch)
+                batch, count = [], 0
+            batch.append(item)
+            count += len(item[0])
+        self._run(batch)
+        return go_on
 
     def _run(self, batch: list[tuple[list[Any], Future]]) -> None:
         if not batch:
