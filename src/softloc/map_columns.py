@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softloc.atomic import write_json
+from softloc.atomic import write_json, write_with
 from softloc.data.places import PlacesError, PlaceTable
 
 COLUMNS_DIR = "columns"
@@ -47,37 +47,49 @@ COLUMN_FILES: tuple[str, ...] = tuple(
 CHUNK_ROWS = 262144
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-
-
-def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """int32 codes of ``values`` and the labels in order of first appearance."""
+def _chunk_codes(values: np.ndarray, labels: dict[str, int]) -> np.ndarray:
+    """int32 codes of ``values``; labels not yet in ``labels`` are added in order of first
+    appearance (so codes number the labels as a scan of the whole column would)."""
     uniques, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")  # label j of `uniques` becomes code rank[j]
-    rank = np.empty(len(order), dtype=np.int32)
-    rank[order] = np.arange(len(order), dtype=np.int32)
-    return rank[inverse.reshape(-1)], [str(u) for u in uniques[order]]
+    for j in np.argsort(first, kind="stable"):
+        labels.setdefault(str(uniques[j]), len(labels))
+    local = np.array([labels[str(u)] for u in uniques], dtype=np.int32)
+    return local[inverse.reshape(-1)]
 
 
-def write_columns(places: PlaceTable, folder: str | os.PathLike[str]) -> list[str]:
+def write_columns(places: PlaceTable | MappedPlaces, folder: str | os.PathLike[str]
+                  ) -> list[str]:
     """Write ``places`` as ``folder/columns/*``; returns the written names (of
     :data:`COLUMN_FILES`, relative to ``folder``).
 
     ``folder`` is a map's build folder (renamed into place whole), so each file is written
-    directly; the paths are encoded :data:`CHUNK_ROWS` rows at a time.
+    directly, :data:`CHUNK_ROWS` rows at a time (memory-mapped ``.npy`` files filled block by
+    block): the temporary memory does not grow with the number of rows.
     """
     out = Path(folder) / COLUMNS_DIR
     out.mkdir(exist_ok=True)
-    _save(out / FLOAT_FILES["xy"], np.stack([places.x, places.y], axis=1).astype(np.float64))
-    _save(out / FLOAT_FILES["yaw"], np.asarray(places.yaw, dtype=np.float64))
-    _save(out / FLOAT_FILES["timestamp"], np.asarray(places.timestamp, dtype=np.float64))
-    labels = {}
-    for column in LABEL_COLUMNS:
-        codes, labels[column] = _codes(np.asarray(getattr(places, column)))
-        _save(out / f"{column}.npy", codes)
-    write_json(out / LABELS_FILE, labels)
+    n = len(places)
+
+    def column(name: str, dtype: type, shape: tuple[int, ...]) -> np.memmap:
+        return np.lib.format.open_memmap(out / name, mode="w+", dtype=dtype, shape=shape)
+
+    xy = column(FLOAT_FILES["xy"], np.float64, (n, 2))
+    floats = {c: column(FLOAT_FILES[c], np.float64, (n,)) for c in ("yaw", "timestamp")}
+    codes = {c: column(f"{c}.npy", np.int32, (n,)) for c in LABEL_COLUMNS}
+    labels: dict[str, dict[str, int]] = {c: {} for c in LABEL_COLUMNS}
+    for start in range(0, n, CHUNK_ROWS):
+        end = min(start + CHUNK_ROWS, n)
+        xy[start:end, 0] = places.x[start:end]
+        xy[start:end, 1] = places.y[start:end]
+        for c, array in floats.items():
+            array[start:end] = getattr(places, c)[start:end]
+        for c, array in codes.items():
+            array[start:end] = _chunk_codes(np.asarray(getattr(places, c)[start:end]),
+                                            labels[c])
+    for array in (xy, *floats.values(), *codes.values()):
+        array.flush()
+    del xy, floats, codes
+    write_json(out / LABELS_FILE, {c: list(labels[c]) for c in LABEL_COLUMNS})
     def encoded(start: int) -> list[bytes]:
         return [str(p).encode("utf-8") for p in places.path[start:start + CHUNK_ROWS]]
 
@@ -90,8 +102,24 @@ def write_columns(places: PlaceTable, folder: str | os.PathLike[str]) -> list[st
             handle, {"descr": "|u1", "fortran_order": False, "shape": (int(offsets[-1]),)})
         for start in range(0, len(places), CHUNK_ROWS):
             handle.write(b"".join(encoded(start)))
-    _save(out / PATH_OFFSETS_FILE, offsets)
+    with open(out / PATH_OFFSETS_FILE, "wb") as handle:
+        np.save(handle, offsets, allow_pickle=False)
     return list(COLUMN_FILES)
+
+
+def write_places_csv(places: PlaceTable | MappedPlaces, path: str | os.PathLike[str]) -> Path:
+    """Write ``places`` as canonical places.csv (the text of
+    :meth:`PlaceTable.to_csv_text`), :data:`CHUNK_ROWS` rows at a time, atomically: the text of
+    10 M rows is never held whole."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            for start in range(0, len(places), CHUNK_ROWS):
+                rows = np.arange(start, min(start + CHUNK_ROWS, len(places)))
+                text = places.subset(rows).to_csv_text()
+                handle.write(text if start == 0 else text.split("\n", 1)[1])
+
+    return write_with(path, write)
 
 
 def has_columns(listed: object) -> bool:

@@ -58,7 +58,7 @@ from softloc.atomic import (
     usual_permissions,
     write_json,
 )
-from softloc.data.places import PlacesError, PlaceTable, read_places, write_places
+from softloc.data.places import PlacesError, PlaceTable, read_places
 from softloc.index import (
     DescriptorIndex,
     DescriptorIndexError,
@@ -66,7 +66,13 @@ from softloc.index import (
     default_nlist,
     squared_l2_from_ip,
 )
-from softloc.map_columns import COLUMNS_DIR, has_columns, open_columns, write_columns
+from softloc.map_columns import (
+    COLUMNS_DIR,
+    has_columns,
+    open_columns,
+    write_columns,
+    write_places_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +351,7 @@ class Map:
                 staging = new_staging(folder)
                 _save_npy(staging / DESCRIPTORS_FILE, self.descriptors)
             _kill_point("descriptors")
-            write_places(self.places, staging / PLACES_FILE)
+            write_places_csv(self.places, staging / PLACES_FILE)
             columns = write_columns(self.places, staging)
             self.index.save(staging / INDEX_FILE)
             for name, source in extras.items():
