@@ -153,6 +153,13 @@ def test_columns_round_trip_exactly_against_places_csv(tmp_path, monkeypatch) ->
     assert opened.image_path(2) == tmp_path / "with,comma/x.png"
     assert opened.path[np.array([True, False, False, False, False, True])].tolist() == \
         ["a/b/c/0001.png", "plain.png"]
+    assert opened.path[1:3].tolist() == table.path[1:3].tolist()
+    assert opened.path[np.array([-1, 0])].tolist() == table.path[[-1, 0]].tolist()
+    with pytest.raises(IndexError):
+        opened.path[len(table)]
+    sub = opened.subset(np.array([4, 0]))
+    assert isinstance(sub, PlaceTable) and sub.to_csv_text() == table.subset(
+        np.array([4, 0])).to_csv_text()
     night = opened.where(condition="night", split="test")
     assert night.path.tolist() == ["a/b/c/0001.png", "plain.png"] == \
         table.where(condition="night", split="test").path.tolist()

@@ -127,6 +127,25 @@ def has_columns(listed: object) -> bool:
     return all(name in listed for name in COLUMN_FILES)
 
 
+def _rows(index: object, n: int) -> np.ndarray:
+    """Row numbers chosen by a slice, a boolean mask or an integer array over ``n`` rows
+    (without building an array of all n rows: a 10 M-row map indexes a few rows a query)."""
+    if isinstance(index, slice):
+        return np.arange(*index.indices(n))
+    index = np.asarray(index)
+    if index.dtype == bool:
+        if index.shape != (n,):
+            raise IndexError(f"boolean index of shape {index.shape} for {n} places")
+        return np.flatnonzero(index)
+    if index.size and not np.issubdtype(index.dtype, np.integer):
+        raise IndexError(f"places are indexed by integers, a mask or a slice, not {index.dtype}")
+    rows = index.astype(np.int64)
+    rows = np.where(rows < 0, rows + n, rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise IndexError(f"place index out of range for {n} places")
+    return rows
+
+
 class LazyPaths:
     """The image paths of a :class:`MappedPlaces`, decoded from UTF-8 only when indexed.
 
@@ -152,9 +171,9 @@ class LazyPaths:
             if not 0 <= i < n:
                 raise IndexError(f"path index {index} out of range for {n} places")
             return self._one(i)
-        rows = np.arange(len(self))[index]
-        return np.array([self._one(int(i)) for i in np.ravel(rows)], dtype=str).reshape(
-            np.shape(rows))
+        rows = _rows(index, len(self))
+        return np.array([self._one(int(i)) for i in rows.ravel()], dtype=str).reshape(
+            rows.shape)
 
     def __iter__(self) -> Iterator[str]:
         for i in range(len(self)):
@@ -252,7 +271,7 @@ class MappedPlaces:
 
     def subset(self, index: np.ndarray) -> PlaceTable:
         """Rows selected by a boolean mask or an integer index array, as a PlaceTable."""
-        rows = np.arange(len(self))[np.asarray(index)]
+        rows = _rows(index, len(self))
         return PlaceTable(
             path=self.path[rows], x=self.xy[rows, 0], y=self.xy[rows, 1], yaw=self.yaw[rows],
             timestamp=self.timestamp[rows],
