@@ -249,3 +249,45 @@ def test_index_kinds_from_the_command_line(tmp_path, kind, capsys) -> None:
     recall = float(np.mean(found[:, 0] == exact))
     # every cell searched: ivf is exact; hnsw finds nearly all; ivfpq finds most rows themselves
     assert recall >= {"ivf": 1.0, "ivfpq": 0.8, "hnsw": 0.95}[kind]
+
+
+@pytest.mark.parametrize(("count", "ranks"), [(26, 3), (8, 3), (64, 2)])
+def test_rank_zero_writes_every_ranks_batches_at_their_rows(tmp_path, monkeypatch, count,
+                                                            ranks) -> None:
+    """The rounds of a torchrun build, with the collective played in one process: rank 0's
+    file must equal the rows described in order (blocks of uneven length, empty blocks)."""
+    import torch
+
+    from softloc import distributed, extract
+
+    batch = 4
+    truth = np.random.default_rng(5).normal(size=(count, 6)).astype(np.float32)
+    blocks = [distributed.shard_rows(np.arange(count), batch, ranks, r) for r in range(ranks)]
+
+    def batches_of(rows):
+        return [truth[rows[i:i + batch]] for i in range(0, len(rows), batch)]
+
+    def described(model, store, rows, batch_size, progress, desc):
+        assert batch_size == batch
+        yield from batches_of(np.asarray(rows))
+
+    calls = []
+
+    def gather(local, step, device, main_only):  # what the ranks' round-j batches gather to
+        j = len(calls)
+        calls.append(local.shape)
+        parts = [(batches_of(b)[j] if j < len(batches_of(b)) else truth[:0]) for b in blocks]
+        return np.concatenate(parts)
+
+    monkeypatch.setattr(distributed, "world_size", lambda: ranks)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "init_process_group", lambda device: True)
+    monkeypatch.setattr(distributed, "gather_rows", gather)
+    monkeypatch.setattr(extract, "iter_descriptor_batches", described)
+    model = torch.nn.Linear(1, 1)
+    model.out_dim = 6  # as a DescriptorModel says (a rank with no batch at all sends (0, 6))
+    writer = streamed_build.DescriptorWriter(tmp_path / "d.npy", count)
+    streamed_build.fill_from_model(writer, model, None, count, batch)
+    np.testing.assert_array_equal(writer.finish(), truth)
+    assert len(calls) == max(-(-len(b) // batch) for b in blocks)
+    assert all(shape[1] == 6 for shape in calls)  # an empty round still sends (0, D)

@@ -225,6 +225,7 @@ def fill_from_model(
         local = next(batches, None)
         if local is None:  # this rank's block has fewer batches: it sends no rows
             local = np.zeros((0, dim), dtype=np.float32)
+        dim = local.shape[1]  # the width of the rows (the model's out_dim before any)
         gathered = distributed.gather_rows(local, step=desc, device=device, main_only=True)
         if gathered is None:
             continue
