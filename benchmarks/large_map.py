@@ -81,9 +81,23 @@ def drive_positions(n: int, drives: int, side_m: float, seed: int) -> tuple[np.n
     return xy, yaw, np.repeat(np.arange(drives), per_drive)[:n]
 
 
-def generate(work: Path, n: int, drives: int, queries: int, seed: int) -> None:
-    """descriptors.npy (float16, written block by block), places.csv, queries.npy."""
+def town_places(work: Path, n: int, drives: int, seed: int):  # noqa: ANN201 - PlaceTable
+    """The references' PlaceTable (the same every call for the same arguments)."""
     from softloc.data.places import PlaceTable
+
+    xy, yaw, drive = drive_positions(n, drives, float(np.sqrt(n) * 4.0), seed)
+    return PlaceTable(
+        path=np.char.add(np.char.add(np.char.add("drive", drive.astype(str)), "/"),
+                         np.char.add(np.arange(n).astype(str), ".jpg")),
+        x=xy[:, 0], y=xy[:, 1], yaw=yaw, timestamp=np.arange(n) * 0.1,
+        traversal=np.char.add("drive", drive.astype(str)),
+        condition=np.where(drive % 2 == 0, "overcast", "night"),
+        split=np.full(n, "test"), root=work)
+
+
+def generate(work: Path, n: int, drives: int, queries: int, seed: int,
+             write_csv: bool = True) -> None:
+    """descriptors.npy (float16, written block by block), places.csv, queries.npy."""
     from softloc.map_columns import write_places_csv
 
     town = Town(seed)
@@ -96,22 +110,19 @@ def generate(work: Path, n: int, drives: int, queries: int, seed: int) -> None:
         out[start:start + 100_000] = town.descriptors(xy[start:start + 100_000], rng)
     out.flush()
     del out
-    table = PlaceTable(
-        path=np.char.add(np.char.add(np.char.add("drive", drive.astype(str)), "/"),
-                         np.char.add(np.arange(n).astype(str), ".jpg")),
-        x=xy[:, 0], y=xy[:, 1], yaw=yaw, timestamp=np.arange(n) * 0.1,
-        traversal=np.char.add("drive", drive.astype(str)),
-        condition=np.where(drive % 2 == 0, "overcast", "night"),
-        split=np.full(n, "test"), root=work)
-    write_places_csv(table, work / "places.csv")
+    if write_csv:
+        write_places_csv(town_places(work, n, drives, seed), work / "places.csv")
     picked = np.random.default_rng([seed, 4]).choice(n, queries, replace=False)
     qxy = xy[picked] + np.random.default_rng([seed, 5]).uniform(-3, 3, size=(queries, 2))
     np.save(work / "queries.npy", town.descriptors(qxy, np.random.default_rng([seed, 6])))
     np.save(work / "queries_xy.npy", qxy)
 
 
-def build_worker(work: Path, kind: str, threads: int) -> dict:
-    """Run ``softloc map import`` in this process; its time and peak memory."""
+def build_worker(work: Path, kind: str, threads: int, api: tuple[int, int, int] | None = None
+                 ) -> dict:
+    """Run ``softloc map import`` in this process; its time and peak memory. With ``api``
+    (n, drives, seed) the places are made in this process and given to the same streamed
+    import as a PlaceTable (``import_descriptor_file``), instead of parsed from places.csv."""
     import faiss
 
     from softloc.cli import main
@@ -119,10 +130,22 @@ def build_worker(work: Path, kind: str, threads: int) -> dict:
     faiss.omp_set_num_threads(threads)
     baseline = memory()["VmRSS"]  # the interpreter, numpy, torch, faiss: before any work
     started = time.perf_counter()
-    status = main(["-q", "map", "import", "--descriptors", str(work / "descriptors.npy"),
-                   "--places", str(work / "places.csv"), "--out", str(work / f"map_{kind}"),
-                   "--overwrite", "--dtype", "float16", "--index", kind,
-                   *INDEX_OPTIONS[kind]])
+    if api is None:
+        status = main(["-q", "map", "import", "--descriptors", str(work / "descriptors.npy"),
+                       "--places", str(work / "places.csv"), "--out",
+                       str(work / f"map_{kind}"), "--overwrite", "--dtype", "float16",
+                       "--index", kind, *INDEX_OPTIONS[kind]])
+    else:
+        from softloc.map_import import import_descriptor_file
+
+        options = INDEX_OPTIONS[kind]
+        names = {"--nlist": "nlist", "--nprobe": "nprobe", "--m": "m", "--nbits": "nbits",
+                 "--hnsw-m": "hnsw_m", "--ef-search": "ef_search"}
+        kwargs = {names[k]: int(v) for k, v in zip(options[::2], options[1::2], strict=True)}
+        table = town_places(work, *api)
+        import_descriptor_file(work / "descriptors.npy", table, work / f"map_{kind}", kind,
+                               kwargs, "float16")
+        status = 0
     seconds = time.perf_counter() - started
     folder = work / f"map_{kind}"
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
@@ -196,25 +219,32 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-generate", action="store_true",
                         help="reuse the references and queries already in --work")
+    parser.add_argument("--api", action="store_true",
+                        help="give the places to the import as a PlaceTable made in process "
+                             "(no places.csv is written or parsed: for 10 M)")
     parser.add_argument("--worker", choices=["build", "query"])
     parser.add_argument("--kind")
     args = parser.parse_args()
     if args.worker == "build":
-        print(json.dumps(build_worker(args.work, args.kind, args.threads)))
+        api = (args.num_refs, args.drives, args.seed) if args.api else None
+        print(json.dumps(build_worker(args.work, args.kind, args.threads, api)))
         return
     if args.worker == "query":
         print(json.dumps(query_worker(args.work, args.kind)))
         return
+    args.drives = args.drives or max(1, args.num_refs // 5000)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not args.skip_generate:
-        generate(args.work, args.num_refs, args.drives or max(1, args.num_refs // 5000),
-                 args.num_queries, args.seed)
+        generate(args.work, args.num_refs, args.drives, args.num_queries, args.seed,
+                 write_csv=not args.api)
         print(f"generated {args.num_refs} refs in {time.perf_counter() - started:.1f} s",
               flush=True)
     results = {}
     for kind in args.kinds:
-        common = ["--work", str(args.work), "--kind", kind, "--threads", str(args.threads)]
+        common = ["--work", str(args.work), "--kind", kind, "--threads", str(args.threads),
+                  "--num-refs", str(args.num_refs), "--drives", str(args.drives),
+                  "--seed", str(args.seed), *(["--api"] if args.api else [])]
         results[kind] = run_worker(["--worker", "build", *common])
         results[kind].update(run_worker(["--worker", "query", *common]))
         print(kind, json.dumps(results[kind]), flush=True)

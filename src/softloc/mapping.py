@@ -20,7 +20,8 @@ the old map or the new one, never a mix; a kill between the two renames leaves t
 hidden beside its name, and the next load or save renames it back.
 
 :meth:`Map.load` checks the size of every file against the manifest and the SHA-256 of all but
-the descriptors and files over :data:`LOAD_CHECKSUM_MAX_BYTES` (places, a small index, model);
+the descriptors and the files over :data:`LOAD_CHECKSUM_MAX_BYTES` that grow with the map
+(places, columns and index of a small map; the model, always);
 the descriptors (which may be huge and stay memory-mapped) and large files are checksummed
 only with ``verify=True``, so that a map of millions of references opens in well under a
 second. Loading never touches the images.
@@ -87,8 +88,9 @@ MODEL_FILES: tuple[str, ...] = ("model.safetensors", "model.json")
 #: Every file a map folder may hold; a folder with anything else is not replaced by a save.
 MAP_FILES: tuple[str, ...] = (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, *MODEL_FILES,
                               MANIFEST_FILE, COLUMNS_DIR)
-#: Files larger than this are checked by size only at load (SHA-256 with ``verify=True``).
-LOAD_CHECKSUM_MAX_BYTES = 64 << 20
+#: Files that grow with the map (all but the model's) and are larger than this are checked by
+#: size only at load (SHA-256 with ``verify=True``), so that opening costs the same at any size.
+LOAD_CHECKSUM_MAX_BYTES = 4 << 20
 #: Suffixes of the hidden siblings of a map folder during a save: the new map being written,
 #: and the old map moved aside while the new one is renamed into place.
 STAGING_SUFFIX = ".build"
@@ -418,7 +420,7 @@ class Map:
                 raise MapError(f"{folder / MANIFEST_FILE}: lists no checksum of {name}; "
                                f"{_REBUILD}")
         for name, record in records.items():
-            small = record.get("bytes", 0) <= LOAD_CHECKSUM_MAX_BYTES
+            small = record.get("bytes", 0) <= LOAD_CHECKSUM_MAX_BYTES or name in MODEL_FILES
             _check_file(folder / name, record,
                         checksum=verify or (name != DESCRIPTORS_FILE and small))
         descriptors_path = folder / DESCRIPTORS_FILE

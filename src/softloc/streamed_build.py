@@ -29,12 +29,10 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from softloc import distributed
 from softloc.data.places import PlaceTable
 from softloc.mapping import (
     DESCRIPTORS_FILE,
@@ -45,6 +43,9 @@ from softloc.mapping import (
     new_staging,
     recover_interrupted_save,
 )
+
+if TYPE_CHECKING:  # torch is imported by fill_from_model only: `map import` never needs it
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,9 @@ def fill_from_model(
     (rank 0 with the writer, the others with None): each describes its block, and in round j
     the ranks' j-th batches are gathered on rank 0, which writes each at its rows.
     """
+    import torch
+
+    from softloc import distributed
     from softloc.extract import iter_descriptor_batches
 
     rows = np.arange(count)
