@@ -291,3 +291,24 @@ def test_rank_zero_writes_every_ranks_batches_at_their_rows(tmp_path, monkeypatc
     np.testing.assert_array_equal(writer.finish(), truth)
     assert len(calls) == max(-(-len(b) // batch) for b in blocks)
     assert all(shape[1] == 6 for shape in calls)  # an empty round still sends (0, D)
+
+
+def test_map_build_stores_float16_and_an_hnsw_index(street, tmp_path) -> None:
+    """`map build --dtype float16 --index hnsw`: the float32 build's descriptors, rounded."""
+    import torch
+
+    from softloc.localize import build_map
+    from softloc.models import create_model, save_model
+
+    torch.manual_seed(0)
+    model_file = save_model(create_model("small_gem", image_size=(32, 24)),
+                            tmp_path / "model.safetensors")
+    reference = Map.open(build_map(model_file, street, tmp_path / "map32", progress=False))
+    assert main(["-q", "map", "build", "--model", str(model_file), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "map16"), "--dtype", "float16", "--index", "hnsw",
+                 "--hnsw-m", "8", "--ef-search", "40"]) == 0
+    half = Map.open(tmp_path / "map16", verify=True)
+    assert half.descriptors.dtype == np.float16 and half.index.kind == "hnsw"
+    np.testing.assert_array_equal(half.descriptors,
+                                  np.asarray(reference.descriptors).astype(np.float16))
+    assert half.places.to_csv_text() == reference.places.to_csv_text()
