@@ -65,9 +65,12 @@ def iter_descriptor_batches(
         total = (len(rows) + batch_size - 1) // batch_size
         for batch in tqdm(batches, total=total, desc=desc, disable=not progress, unit="batch",
                           leave=False):
-            with torch.no_grad(), autocast(device, amp):
-                described = model(batch)
-            yield described.float().cpu().numpy().astype(np.float32, copy=False)
+            with torch.no_grad():
+                with autocast(device, amp):
+                    described = model(batch)
+                rows_out = described.detach().float().cpu().numpy().astype(np.float32,
+                                                                            copy=False)
+            yield rows_out
     finally:
         model.train(was_training)
         if pipeline is not store:
