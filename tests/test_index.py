@@ -131,7 +131,7 @@ def test_default_nlist() -> None:
 def test_errors(tmp_path, data) -> None:
     refs, queries = data
     with pytest.raises(DescriptorIndexError, match="unknown index kind"):
-        DescriptorIndex(16, kind="hnsw")
+        DescriptorIndex(16, kind="lsh")
     with pytest.raises(DescriptorIndexError, match="divide dim"):
         DescriptorIndex(16, kind="ivfpq", m=5)
     index = DescriptorIndex(16)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from softloc.data.places import PlaceTable
+from softloc.map_columns import COLUMNS_DIR
 from softloc.mapping import (
     DESCRIPTORS_FILE,
     INDEX_FILE,
@@ -78,7 +79,7 @@ def test_save_load_round_trip(tmp_path, refs, kind, dtype) -> None:
                         index_options=options)
     folder = the_map.save(tmp_path / "map")
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, MANIFEST_FILE]
+        [DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, MANIFEST_FILE, COLUMNS_DIR]
     )
     loaded = Map.load(folder, verify=True)
     assert isinstance(loaded.descriptors, np.memmap)  # opened lazily, not read into memory

@@ -117,6 +117,7 @@ def _cmd_map_build(args: argparse.Namespace) -> int:
         index_kind=args.index,
         progress=not args.quiet,
         index_options=_index_options(args),
+        dtype=args.dtype,
     )
     print(f"map: {out}")
     return 0
@@ -401,13 +402,16 @@ def _add_index_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nlist", type=int, help="ivf/ivfpq: cells (default about 4 sqrt(N))")
     parser.add_argument("--nprobe", type=int, help="ivf/ivfpq: cells searched per query (8)")
     parser.add_argument("--nbits", type=int, help="ivfpq: bits per code (8)")
-    parser.add_argument("--pq-m", type=int, help="ivfpq: sub-vectors, must divide the dim (16)")
+    parser.add_argument("--pq-m", "--m", type=int, dest="pq_m",
+                        help="ivfpq: sub-vectors, must divide the dim (16)")
+    parser.add_argument("--hnsw-m", type=int, help="hnsw: graph links per reference (32)")
+    parser.add_argument("--ef-search", type=int, help="hnsw: candidates per query (64)")
 
 
 def _index_options(args: argparse.Namespace) -> dict[str, int]:
     """The index options given on the command line, as `Map.build` takes them."""
     given = (("nlist", args.nlist), ("nprobe", args.nprobe), ("nbits", args.nbits),
-             ("m", args.pq_m))
+             ("m", args.pq_m), ("hnsw_m", args.hnsw_m), ("ef_search", args.ef_search))
     return {key: value for key, value in given if value is not None}
 
 
@@ -502,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--spacing", type=float, default=0.0, help="keep references at least this far apart (m)"
     )
-    build.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
+    build.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq", "hnsw"])
+    build.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                       help="storage of descriptors.npy (float16: half the size)")
     _add_index_options(build)
     build.set_defaults(func=_cmd_map_build)
 
@@ -523,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "1; hloc descriptors are always normalised)")
     imported.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                           help="storage of descriptors.npy (float16: half the size)")
-    imported.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq"])
+    imported.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfpq", "hnsw"])
     _add_index_options(imported)
     imported.set_defaults(func=_cmd_map_import)
 

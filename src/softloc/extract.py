@@ -7,7 +7,7 @@ ahead of the network, normalised on the model's device.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,42 @@ def model_pipeline(
     )
 
 
-@torch.no_grad()
+def iter_descriptor_batches(
+    model: torch.nn.Module,
+    store: ImageStore | ImagePipeline,
+    indices: Sequence[int] | np.ndarray | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "extract",
+    amp: str = "off",
+) -> Iterator[np.ndarray]:
+    """The descriptors of :func:`extract_descriptors`, one (B, D) float32 batch at a time, so
+    that a caller can write them out (a streamed map build) instead of holding them all."""
+    check_amp(amp)
+    pipeline = store if isinstance(store, ImagePipeline) else model_pipeline(model, store)
+    rows = (
+        np.arange(len(pipeline.store)) if indices is None else np.asarray(indices, dtype=np.int64)
+    )
+    was_training = model.training
+    device = next(model.parameters(), torch.empty(0)).device
+    model.eval()
+    try:
+        batches = pipeline.batches(rows, batch_size)
+        total = (len(rows) + batch_size - 1) // batch_size
+        for batch in tqdm(batches, total=total, desc=desc, disable=not progress, unit="batch",
+                          leave=False):
+            with torch.no_grad():
+                with autocast(device, amp):
+                    described = model(batch)
+                rows_out = described.detach().float().cpu().numpy().astype(np.float32,
+                                                                            copy=False)
+            yield rows_out
+    finally:
+        model.train(was_training)
+        if pipeline is not store:
+            pipeline.close()
+
+
 def extract_descriptors(
     model: torch.nn.Module,
     store: ImageStore | ImagePipeline,
@@ -64,27 +99,8 @@ def extract_descriptors(
     Returns:
         (N, D) float32 array, one row per requested image.
     """
-    check_amp(amp)
-    pipeline = store if isinstance(store, ImagePipeline) else model_pipeline(model, store)
-    rows = (
-        np.arange(len(pipeline.store)) if indices is None else np.asarray(indices, dtype=np.int64)
-    )
-    was_training = model.training
-    device = next(model.parameters(), torch.empty(0)).device
-    model.eval()
-    try:
-        outputs = []
-        batches = pipeline.batches(rows, batch_size)
-        total = (len(rows) + batch_size - 1) // batch_size
-        for batch in tqdm(batches, total=total, desc=desc, disable=not progress, unit="batch",
-                          leave=False):
-            with autocast(device, amp):
-                described = model(batch)
-            outputs.append(described.float().cpu().numpy())
-    finally:
-        model.train(was_training)
-        if pipeline is not store:
-            pipeline.close()
+    outputs = list(iter_descriptor_batches(model, store, indices, batch_size, progress, desc,
+                                           amp))
     if not outputs:
         out_dim = int(getattr(model, "out_dim", 0))
         return np.zeros((0, out_dim), dtype=np.float32)

@@ -7,7 +7,9 @@ Euclidean distance follows from it: ``||a - b||^2 = 2 - 2 a.b``. Three kinds gro
 - ``ivf``: an inverted file over ``nlist`` k-means cells, searching ``nprobe`` of them
   (``IndexIVFFlat``); needs :meth:`DescriptorIndex.train`;
 - ``ivfpq``: the same with product-quantised vectors, ``m`` sub-vectors of ``nbits`` bits
-  each (``IndexIVFPQ``), for maps that do not fit in memory as float32.
+  each (``IndexIVFPQ``), for maps that do not fit in memory as float32;
+- ``hnsw``: a navigable small-world graph of ``hnsw_m`` links a vector (``IndexHNSWFlat``),
+  exploring ``ef_search`` candidates per query; no training, float32 vectors plus the graph.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from softloc.atomic import write_with
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("flat", "ivf", "ivfpq")
+KINDS: tuple[str, ...] = ("flat", "ivf", "ivfpq", "hnsw")
 METRICS: dict[str, int] = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 #: Rows converted to float32 and handed to FAISS at a time by :meth:`DescriptorIndex.add`.
 ADD_BATCH_ROWS = 65536
@@ -81,11 +83,14 @@ class DescriptorIndex:
 
     Args:
         dim: descriptor dimension D.
-        kind: ``flat`` (exact), ``ivf`` or ``ivfpq``.
+        kind: ``flat`` (exact), ``ivf``, ``ivfpq`` or ``hnsw``.
         nlist: IVF cells (``ivf``, ``ivfpq``); see :func:`default_nlist`.
         m: PQ sub-vectors (``ivfpq``); must divide ``dim``.
         nbits: bits per PQ code (``ivfpq``).
         nprobe: IVF cells visited per query; more is slower and closer to exact.
+        hnsw_m: graph links per vector (``hnsw``; FAISS's M).
+        ef_search: candidates explored per query (``hnsw``); more is slower and closer to
+            exact.
         metric: ``ip`` (inner product = cosine on unit vectors, higher is closer) or ``l2``
             (squared Euclidean, lower is closer).
     """
@@ -99,6 +104,8 @@ class DescriptorIndex:
         nbits: int = 8,
         nprobe: int = 8,
         metric: str = "ip",
+        hnsw_m: int = 32,
+        ef_search: int = 64,
     ) -> None:
         if kind not in KINDS:
             raise DescriptorIndexError(f"unknown index kind {kind!r}; choose one of {KINDS}")
@@ -106,7 +113,10 @@ class DescriptorIndex:
             raise DescriptorIndexError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
         if dim < 1:
             raise DescriptorIndexError(f"dim must be >= 1, got {dim}")
-        if kind != "flat" and (nlist < 1 or nprobe < 1):
+        if kind == "hnsw" and (hnsw_m < 2 or ef_search < 1):
+            raise DescriptorIndexError(
+                f"hnsw needs hnsw_m >= 2 and ef_search >= 1, got {hnsw_m}, {ef_search}")
+        if kind in ("ivf", "ivfpq") and (nlist < 1 or nprobe < 1):
             raise DescriptorIndexError(f"nlist and nprobe must be >= 1, got {nlist}, {nprobe}")
         if kind == "ivfpq" and (m < 1 or dim % m != 0):
             raise DescriptorIndexError(
@@ -118,7 +128,8 @@ class DescriptorIndex:
         self.dim = dim
         self.kind = kind
         self.metric = metric
-        self.nlist = nlist if kind != "flat" else 0
+        self.nlist = nlist if kind in ("ivf", "ivfpq") else 0
+        self.hnsw_m = hnsw_m if kind == "hnsw" else 0
         self.m = m if kind == "ivfpq" else 0
         self.nbits = nbits if kind == "ivfpq" else 0
         self._index = faiss.index_factory(dim, self._factory_string(), METRICS[metric])
@@ -127,12 +138,17 @@ class DescriptorIndex:
             # do not use) costs most of the training time.
             ivfpq = faiss.downcast_index(faiss.extract_index_ivf(self._index))
             ivfpq.do_polysemous_training = False
-        self.nprobe = nprobe if kind != "flat" else 0
+        self.nprobe = nprobe if kind in ("ivf", "ivfpq") else 0
+        self._ef_search = 0
+        if kind == "hnsw":
+            self.ef_search = ef_search
         self._read_only = False
 
     def _factory_string(self) -> str:
         if self.kind == "flat":
             return "Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m}"
         if self.kind == "ivf":
             return f"IVF{self.nlist},Flat"
         return f"IVF{self.nlist},PQ{self.m}x{self.nbits}"
@@ -144,13 +160,28 @@ class DescriptorIndex:
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        if self.kind == "flat":
+        if self.kind not in ("ivf", "ivfpq"):
             self._nprobe = 0
             return
         if value < 1:
             raise DescriptorIndexError(f"nprobe must be >= 1, got {value}")
         self._nprobe = int(value)
         faiss.extract_index_ivf(self._index).nprobe = min(self._nprobe, self.nlist)
+
+    @property
+    def ef_search(self) -> int:
+        """Candidates explored per query by an ``hnsw`` index (0 for the other kinds)."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if self.kind != "hnsw":
+            self._ef_search = 0
+            return
+        if value < 1:
+            raise DescriptorIndexError(f"ef_search must be >= 1, got {value}")
+        self._ef_search = int(value)
+        faiss.downcast_index(self._index).hnsw.efSearch = self._ef_search
 
     @property
     def ntotal(self) -> int:
@@ -163,12 +194,13 @@ class DescriptorIndex:
         return bool(self._index.is_trained)
 
     def train(self, x: np.ndarray) -> None:
-        """Fit the IVF cells (and PQ codebooks) on (N, D) sample descriptors; no-op for flat.
+        """Fit the IVF cells (and PQ codebooks) on (N, D) sample descriptors; no-op for flat
+        and hnsw.
 
         Raises:
             DescriptorIndexError: fewer samples than cells (or than PQ centroids).
         """
-        if self.kind == "flat":
+        if self.kind in ("flat", "hnsw"):
             return
         self._check_writable()
         x = as_float32_rows(x, self.dim, "training descriptors")
@@ -296,16 +328,22 @@ class DescriptorIndex:
         self.dim = int(index.d)
         self.metric = metric
         self._index = index
+        self.hnsw_m, self._ef_search = 0, 0
         if isinstance(index, faiss.IndexFlat):
             self.kind, self.nlist, self.m, self.nbits = "flat", 0, 0, 0
             self._nprobe = 0
+            return self
+        if isinstance(index, faiss.IndexHNSW):
+            self.kind, self.nlist, self.m, self.nbits, self._nprobe = "hnsw", 0, 0, 0, 0
+            self.hnsw_m = int(index.hnsw.nb_neighbors(1))
+            self._ef_search = int(index.hnsw.efSearch)
             return self
         try:
             ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         except RuntimeError:
             raise DescriptorIndexError(
                 f"{source}: unsupported index type {type(index).__name__}; expected flat, "
-                "ivf or ivfpq"
+                "ivf, ivfpq or hnsw"
             ) from None
         self.nlist = int(ivf.nlist)
         self._nprobe = int(ivf.nprobe)
@@ -320,7 +358,9 @@ class DescriptorIndex:
         return self
 
     def __repr__(self) -> str:
-        options = f", nlist={self.nlist}, nprobe={self.nprobe}" if self.kind != "flat" else ""
+        options = f", nlist={self.nlist}, nprobe={self.nprobe}" if self.nlist else ""
+        if self.kind == "hnsw":
+            options = f", hnsw_m={self.hnsw_m}, ef_search={self.ef_search}"
         if self.kind == "ivfpq":
             options += f", m={self.m}, nbits={self.nbits}"
         return (

@@ -22,10 +22,11 @@ from softloc import distributed
 from softloc.data.images import ImageError
 from softloc.data.places import PlaceTable
 from softloc.data.tuples import subsample_by_spacing
-from softloc.extract import extract_descriptors, extract_over_ranks, image_store
+from softloc.extract import extract_descriptors, image_store
 from softloc.mapping import MODEL_FILES, Map, MapError, check_map_target
 from softloc.models import load_model
 from softloc.output_folders import claim_output_folder
+from softloc.streamed_build import build_streamed, fill_from_model
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def build_map(
     overwrite: bool = True,
     index_options: dict[str, int] | None = None,
     source: str | os.PathLike[str] | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """Describe the reference images with a model and save them as a map folder.
 
@@ -82,9 +84,13 @@ def build_map(
         spacing: keep references at least this many metres apart along the drive.
         index_kind: FAISS index kind (``flat``, ``ivf``, ``ivfpq``).
         overwrite: replace a map already in ``out``.
-        index_options: ``nlist``, ``nprobe``, ``m``, ``nbits`` of an IVF index.
+        index_options: ``nlist``, ``nprobe``, ``m``, ``nbits`` of an IVF index (``hnsw_m``,
+            ``ef_search`` of an HNSW one).
         source: the file recorded as the model's source (default ``model_path``; the
             published weights file when ``model_path`` was converted from it).
+        dtype: storage of the descriptors, ``float32`` or ``float16``. They are written batch
+            by batch into the map's memory-mapped file, never held whole
+            (:mod:`softloc.streamed_build`).
     """
     # a map folder holds places.csv and model.* too, the markers of a dataset and a run
     claim_output_folder(out, "map", allow=("dataset", "training run"))
@@ -92,18 +98,18 @@ def build_map(
     model, _ = load_model(model_path)
     refs = select_references(places, split, traversal, spacing)
     store = image_store(model, [refs.image_path(i) for i in range(len(refs))])
-    # under torchrun each rank describes its block; rank 0 alone gathers, builds and saves
-    descriptors = extract_over_ranks(
-        model, store, batch_size=batch_size, progress=progress, desc="map", main_only=True
-    )
-    if descriptors is None:  # another rank of a torchrun launch: wait until the map is saved
+    # under torchrun each rank describes its block; rank 0 alone writes, builds and saves
+    if not distributed.is_main():  # another rank of a torchrun launch: describe, then wait
+        fill_from_model(None, model, store, len(refs), batch_size, desc="map")
         distributed.barrier("map saved")
         return Path(os.path.abspath(out))
     meta = {**model.meta, "source": str(model_path if source is None else source)}
     model_files = {name: Path(model_path).with_suffix(Path(name).suffix) for name in MODEL_FILES}
-    the_map = Map.build(descriptors, refs, meta, index_kind=index_kind,
-                        index_options=index_options)
-    saved = the_map.save(out, overwrite=overwrite, model_files=model_files)
+    saved = build_streamed(
+        lambda writer: fill_from_model(writer, model, store, len(refs), batch_size, progress,
+                                       "map"),
+        refs, meta, out, index_kind=index_kind, index_options=index_options, dtype=dtype,
+        overwrite=overwrite, model_files=model_files)
     distributed.barrier("map saved")  # under torchrun: every rank returns once the map exists
     return saved
 

@@ -6,6 +6,11 @@ saved as ``softloc map build`` does (:meth:`softloc.mapping.Map.build`, :meth:`M
 file listed with its size and SHA-256 in the manifest, written last), without a model: it can
 be searched with descriptors (:meth:`Map.search`) but cannot describe images itself, so
 ``softloc localize`` and ``evaluate`` ask for a built map.
+
+An ``.npy`` is never read whole: its rows are copied block by block (normalised on the way with
+``--normalize``) into the new map's memory-mapped ``descriptors.npy``
+(:func:`softloc.streamed_build.build_streamed`), so a map of 10 M references imports in
+bounded memory.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from softloc.data.places import PlaceTable, read_places
 from softloc.mapping import Map, MapError, check_map_target
 from softloc.output_folders import claim_output_folder
+from softloc.streamed_build import DescriptorWriter, build_streamed, copy_rows
 
 CHUNK_ROWS = 65536
 
@@ -83,14 +89,46 @@ def import_map(
     """
     claim_output_folder(out, "map", allow=("dataset", "training run"))
     check_map_target(out, overwrite=overwrite)
-    array = read_descriptor_file(descriptors, normalize=normalize)
+    read_descriptor_file(descriptors)  # a bad file is named before the places are read
     table = read_places(places)
+    return import_descriptor_file(descriptors, table, out, index_kind, index_options, dtype,
+                                  normalize, overwrite, places)
+
+
+def import_descriptor_file(
+    descriptors: str | os.PathLike[str],
+    table: PlaceTable,
+    out: str | os.PathLike[str],
+    index_kind: str = "flat",
+    index_options: dict[str, int] | None = None,
+    dtype: str = "float32",
+    normalize: bool = False,
+    overwrite: bool = True,
+    places_name: str | os.PathLike[str] = "the places",
+) -> Path:
+    """Save the ``.npy`` ``descriptors`` (memory-mapped, copied block by block) with ``table``
+    as a map (:func:`import_map` once the places are read; ``out`` must be claimed already).
+
+    Raises:
+        MapError: as :func:`import_map`; nothing is written under ``out``.
+    """
+    array = read_descriptor_file(descriptors)
     if len(array) != len(table):
-        raise MapError(f"{descriptors}: {len(array)} descriptors but {places} has {len(table)} "
-                       "places; give one descriptor row per places row, in the same order")
+        raise MapError(f"{descriptors}: {len(array)} descriptors but {places_name} has "
+                       f"{len(table)} places; give one descriptor row per places row, in the "
+                       "same order")
     meta = {"name": "imported", "source": os.path.abspath(descriptors)}
-    return save_imported(array, table, meta, out, descriptors, index_kind, index_options,
-                         dtype, overwrite)
+
+    def fill(writer: DescriptorWriter) -> None:
+        copy_rows(array, writer, normalize=normalize, name=descriptors)
+
+    try:
+        return build_streamed(fill, table, meta, out, index_kind, index_options, dtype,
+                              overwrite=overwrite, dim=array.shape[1])
+    except MapError as error:
+        message = str(error)
+        raise MapError(message if message.startswith(str(descriptors))
+                       else f"{descriptors}: {message}") from None
 
 
 def save_imported(

@@ -20,9 +20,16 @@ the old map or the new one, never a mix; a kill between the two renames leaves t
 hidden beside its name, and the next load or save renames it back.
 
 :meth:`Map.load` checks the size of every file against the manifest and the SHA-256 of all but
-the descriptors (places, index, model: a search reads the index anyway); the descriptors (which
-may be huge and stay memory-mapped) are checksummed only with ``verify=True``. Loading never
-touches the images.
+the descriptors and the files over :data:`LOAD_CHECKSUM_MAX_BYTES` that grow with the map
+(places, columns and index of a small map; the model, always);
+the descriptors (which may be huge and stay memory-mapped) and large files are checksummed
+only with ``verify=True``, so that a map of millions of references opens in well under a
+second. Loading never touches the images.
+
+The places are also stored as columns (``columns/``, :mod:`softloc.map_columns`), which a load
+maps instead of parsing places.csv; a map written before them is read from its places.csv.
+Maps larger than memory are written by :mod:`softloc.streamed_build`, which fills
+``descriptors.npy`` in the build folder (:func:`new_staging`) batch by batch.
 """
 
 from __future__ import annotations
@@ -52,13 +59,20 @@ from softloc.atomic import (
     usual_permissions,
     write_json,
 )
-from softloc.data.places import PlacesError, PlaceTable, read_places, write_places
+from softloc.data.places import PlacesError, PlaceTable, read_places
 from softloc.index import (
     DescriptorIndex,
     DescriptorIndexError,
     as_float32_rows,
     default_nlist,
     squared_l2_from_ip,
+)
+from softloc.map_columns import (
+    COLUMNS_DIR,
+    has_columns,
+    open_columns,
+    write_columns,
+    write_places_csv,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,7 +87,10 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILES: tuple[str, ...] = ("model.safetensors", "model.json")
 #: Every file a map folder may hold; a folder with anything else is not replaced by a save.
 MAP_FILES: tuple[str, ...] = (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, *MODEL_FILES,
-                              MANIFEST_FILE)
+                              MANIFEST_FILE, COLUMNS_DIR)
+#: Files that grow with the map (all but the model's) and are larger than this are checked by
+#: size only at load (SHA-256 with ``verify=True``), so that opening costs the same at any size.
+LOAD_CHECKSUM_MAX_BYTES = 4 << 20
 #: Suffixes of the hidden siblings of a map folder during a save: the new map being written,
 #: and the old map moved aside while the new one is renamed into place.
 STAGING_SUFFIX = ".build"
@@ -218,12 +235,13 @@ class Map:
             model_meta: JSON-serialisable description of the model (name, checkpoint,
                 whitening, ...); stored in the manifest. A ``whitening`` key is also shown
                 at the manifest's top level.
-            index_kind: ``flat``, ``ivf`` or ``ivfpq`` (see :mod:`softloc.index`).
+            index_kind: ``flat``, ``ivf``, ``ivfpq`` or ``hnsw`` (see :mod:`softloc.index`).
             dtype: storage dtype of ``descriptors.npy``, ``float32`` or ``float16`` (half
                 the size; the index is built from the stored values so that a loaded map
                 gives the same results).
             index_options: keyword arguments for :class:`DescriptorIndex` (nlist, m, nbits,
-                nprobe); ``nlist`` defaults to :func:`~softloc.index.default_nlist` (N).
+                nprobe, hnsw_m, ef_search); ``nlist`` defaults to
+                :func:`~softloc.index.default_nlist` (N).
             seed: seed of the random sample the IVF cells are trained on.
 
         Raises:
@@ -242,11 +260,11 @@ class Map:
         meta = _json_checked(model_meta)
         stored = descriptors.astype(dtype, copy=False)
         options = dict(index_options or {})
-        if index_kind != "flat":
+        if index_kind in ("ivf", "ivfpq"):
             options.setdefault("nlist", default_nlist(len(stored)))
         try:
             index = DescriptorIndex(stored.shape[1], kind=index_kind, **options)
-            if index_kind != "flat":
+            if index_kind in ("ivf", "ivfpq"):
                 index.train(_training_sample(stored, index.nlist, seed))
             index.add(stored)
         except (DescriptorIndexError, TypeError) as error:
@@ -280,6 +298,8 @@ class Map:
                 "nprobe": self.index.nprobe,
                 "m": self.index.m,
                 "nbits": self.index.nbits,
+                "hnsw_m": self.index.hnsw_m,
+                "ef_search": self.index.ef_search,
             },
             "descriptors_sha256": files[DESCRIPTORS_FILE]["sha256"],
             "image_root": os.path.abspath(self.places.root),
@@ -292,6 +312,7 @@ class Map:
         folder: str | os.PathLike[str],
         overwrite: bool = False,
         model_files: Mapping[str, str | os.PathLike[str]] | None = None,
+        staging: Path | None = None,
     ) -> Path:
         """Write the map into ``folder``; returns the folder.
 
@@ -304,6 +325,9 @@ class Map:
             folder: the map folder (its parent is created if needed).
             overwrite: replace a map already in ``folder``.
             model_files: files copied into the map, by name (one of :data:`MODEL_FILES`).
+            staging: the build folder of ``folder`` (:func:`new_staging`) when the caller has
+                already written ``descriptors.npy`` into it (a streamed build); it is renamed
+                into place, or removed if the save fails.
 
         Raises:
             MapError: ``folder`` holds a map and ``overwrite`` is false, holds files that are
@@ -323,21 +347,19 @@ class Map:
                            "written by `softloc train` (its .safetensors and .json side by side)")
         recover_interrupted_save(folder)
         check_map_target(folder, overwrite=overwrite)
-        staging: Path | None = None
         aside: Path | None = None
         try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder),
-                                            suffix=STAGING_SUFFIX, dir=folder.parent))
-            usual_permissions(staging, directory=True)
-            _save_npy(staging / DESCRIPTORS_FILE, self.descriptors)
+            if staging is None:
+                staging = new_staging(folder)
+                _save_npy(staging / DESCRIPTORS_FILE, self.descriptors)
             _kill_point("descriptors")
-            write_places(self.places, staging / PLACES_FILE)
+            write_places_csv(self.places, staging / PLACES_FILE)
+            columns = write_columns(self.places, staging)
             self.index.save(staging / INDEX_FILE)
             for name, source in extras.items():
                 shutil.copyfile(source, staging / name)
             _kill_point("files")
-            names = [DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, *extras]
+            names = [DESCRIPTORS_FILE, PLACES_FILE, *columns, INDEX_FILE, *extras]
             write_json(staging / MANIFEST_FILE,
                        self.manifest({name: file_record(staging / name) for name in names}))
             _kill_point("manifest")
@@ -398,7 +420,9 @@ class Map:
                 raise MapError(f"{folder / MANIFEST_FILE}: lists no checksum of {name}; "
                                f"{_REBUILD}")
         for name, record in records.items():
-            _check_file(folder / name, record, checksum=verify or name != DESCRIPTORS_FILE)
+            small = record.get("bytes", 0) <= LOAD_CHECKSUM_MAX_BYTES or name in MODEL_FILES
+            _check_file(folder / name, record,
+                        checksum=verify or (name != DESCRIPTORS_FILE and small))
         descriptors_path = folder / DESCRIPTORS_FILE
         try:
             descriptors = np.load(descriptors_path, mmap_mode="r", allow_pickle=False)
@@ -410,11 +434,15 @@ class Map:
                 f"{descriptors_path}: holds {descriptors.shape} {descriptors.dtype}, the "
                 f"manifest says {expected} {manifest['dtype']}; {_REBUILD}"
             )
+        root = Path(manifest.get("image_root", folder))
         try:
-            places = read_places(folder / PLACES_FILE)
+            if has_columns(records):
+                places = open_columns(folder, root)
+            else:  # a map written before the columns: its places.csv, read once
+                places = read_places(folder / PLACES_FILE)
+                places = dataclasses.replace(places, root=root)
         except PlacesError as error:
             raise MapError(f"{error}; {_REBUILD}") from None
-        places = dataclasses.replace(places, root=Path(manifest.get("image_root", folder)))
         if len(places) != manifest["count"]:
             raise MapError(
                 f"{folder / PLACES_FILE}: {len(places)} rows, the manifest says "
@@ -505,6 +533,17 @@ class Map:
                 )
             )
         return results
+
+
+def new_staging(folder: str | os.PathLike[str]) -> Path:
+    """A new hidden build folder beside the map folder ``folder`` (named by this process), to
+    be filled and given to :meth:`Map.save` (or removed by the caller if the build fails)."""
+    folder = Path(os.path.abspath(folder))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder), suffix=STAGING_SUFFIX,
+                                    dir=folder.parent))
+    usual_permissions(staging, directory=True)
+    return staging
 
 
 def _training_sample(descriptors: np.ndarray, nlist: int, seed: int) -> np.ndarray:
