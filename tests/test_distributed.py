@@ -196,21 +196,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_dead_rank_stops_the_other_with_a_clear_error_and_no_results(
-    long_street, tmp_path: Path, model_file: Path
-) -> None:
-    the_map = build_map(model_file, long_street, tmp_path / "map", progress=False)
-    out = tmp_path / "eval"
+def two_ranks_one_killed(argv: list[str], kill_at: str) -> tuple[int, str, int, float]:
+    """Run ``softloc -q ARGV`` as ranks 0 and 1 of a 2-process gloo launch, with the kill point
+    ``kill_at`` (``"<point>:rank1"``) armed; returns (rank 0's exit code, its stderr, rank 1's
+    exit code, seconds until both ended). Both are killed if rank 0 outlives 90 s."""
     port = str(free_port())
     ranks = []
     for r in (0, 1):
         env = clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                         MASTER_PORT=port, SOFTLOC_DIST_TIMEOUT_S="60")
-        env[KILL_ENV] = "queries:rank1"  # rank 1 dies (SIGKILL) right before the gather
-        ranks.append(subprocess.Popen(
-            [sys.executable, "-m", "softloc", "-q", "evaluate", "--map", str(the_map),
-             "--data", str(long_street.root), "--out", str(out)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env[KILL_ENV] = kill_at
+        ranks.append(subprocess.Popen([sys.executable, "-m", "softloc", "-q", *argv], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     started = time.monotonic()
     try:
         _, err0 = ranks[0].communicate(timeout=90)
@@ -218,10 +215,22 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error_and_no_results(
     finally:
         for process in ranks:
             process.kill()
-    assert ranks[1].returncode == -9
-    assert ranks[0].returncode == 2, err0[-3000:]
+    return ranks[0].returncode, err0, ranks[1].returncode, time.monotonic() - started
+
+
+def test_a_dead_rank_stops_the_other_with_a_clear_error_and_no_results(
+    long_street, tmp_path: Path, model_file: Path
+) -> None:
+    the_map = build_map(model_file, long_street, tmp_path / "map", progress=False)
+    out = tmp_path / "eval"
+    code0, err0, code1, seconds = two_ranks_one_killed(
+        ["evaluate", "--map", str(the_map), "--data", str(long_street.root), "--out", str(out)],
+        "queries:rank1",  # rank 1 dies (SIGKILL) right before the gather
+    )
+    assert code1 == -9
+    assert code0 == 2, err0[-3000:]
     assert "softloc evaluate: error: rank 0 of 2: queries failed: another rank died" in err0
-    assert time.monotonic() - started < 90
+    assert seconds < 90
     # nothing looks complete: no results.json (the evaluation's mark), no table
     assert not (out / "results.json").exists() and not (out / "results.md").exists()
     # and a re-run (here single-process) takes the same --out and completes

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,9 @@ from safetensors.torch import load_file
 from softloc.checkpoints import list_checkpoints
 from softloc.config import ConfigError
 from softloc.distributed import DistributedError
-from softloc.kill_points import ENV_VAR as KILL_ENV
 from softloc.train import Trainer
 from softloc.train_ranks import check_world, collective_step, gradient_scale, my_tuples
-from tests.test_distributed import clean_env, free_port, torchrun
+from tests.test_distributed import clean_env, torchrun, two_ranks_one_killed
 from tests.tiny_run import MINING, SMALL, tiny_config
 
 SHARE = 1e-4  # of a tensor's largest magnitude (see the module docstring)
@@ -256,27 +254,15 @@ def test_a_rank_killed_mid_run_stops_the_other_and_the_run_resumes(
     2 and a clear message within the timeout, no final model exists, and the run resumes (in
     one process) from step 4 to the end."""
     out = tmp_path / "run"
-    port = str(free_port())
-    ranks = []
-    for r in (0, 1):
-        env = clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                        MASTER_PORT=port, SOFTLOC_DIST_TIMEOUT_S="60")
-        env[KILL_ENV] = "train step 5:rank1"  # after its backward, before the step's sum
-        ranks.append(subprocess.Popen(
-            [sys.executable, "-m", "softloc", "-q", "train", "--data", str(street.root),
-             "--out", str(out), *sets([*SMALL, "train.tuples_per_step=2", "train.val_every=0"])],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    started = time.monotonic()
-    try:
-        _, err0 = ranks[0].communicate(timeout=90)
-        ranks[1].communicate(timeout=30)
-    finally:
-        for process in ranks:
-            process.kill()
-    assert ranks[1].returncode == -9
-    assert ranks[0].returncode == 2, err0[-3000:]
+    code0, err0, code1, seconds = two_ranks_one_killed(
+        ["train", "--data", str(street.root), "--out", str(out),
+         *sets([*SMALL, "train.tuples_per_step=2", "train.val_every=0"])],
+        "train step 5:rank1",  # after its backward, before the step's sum
+    )
+    assert code1 == -9
+    assert code0 == 2, err0[-3000:]
     assert "softloc train: error: rank 0 of 2: train step 5 failed: another rank died" in err0
-    assert time.monotonic() - started < 90
+    assert seconds < 90
     assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
     assert list_checkpoints(out / "checkpoints")[-1].name == "step_00000004.safetensors"
     config = tiny_config(street.root, "train.tuples_per_step=2", "train.val_every=0")
