@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 THRESHOLD = "10"
+# the town's query conditions in the order the README and the demo's tables use
+CONDITION_ORDER = ("overcast", "sunny", "night", "snow")
 SUMMARY_JSON = "demo_towns.json"
 SUMMARY_MD = "demo_towns.md"
 
@@ -84,6 +86,8 @@ def markdown(summary: Mapping[str, Any], seeds: Sequence[int]) -> str:
     conditions: list[str] = []
     for model in summary.values():
         conditions += [c for c in model["top1_at_10m"] if c not in conditions]
+    known = {c: i for i, c in enumerate(CONDITION_ORDER)}
+    conditions.sort(key=lambda c: (known.get(c, len(known)), c))  # others after, by name
     header = ["model", *conditions, "collapsed"]
     lines = [
         f"top-1 at 10 m over town seeds {', '.join(map(str, seeds))} (mean +- sample std, %)",

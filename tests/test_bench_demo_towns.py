@@ -73,3 +73,11 @@ def test_one_town_has_no_spread(bench, tmp_path: Path) -> None:
     _fake_demo(tmp_path / "town_5", 0.5, 0.4, False)
     summary = bench.summarize({5: bench.town_result(tmp_path / "town_5")})
     assert summary["triplet"]["top1_at_10m"]["night"] == {"mean": 0.4, "std": 0.0, "n": 1}
+
+
+def test_table_columns_follow_the_town_conditions_order(bench) -> None:
+    one = {"mean": 0.5, "std": 0.0, "n": 1}
+    summary = {"m": {"top1_at_10m": {"snow": one, "fog": one, "overcast": one, "night": one},
+                     "towns": 1, "collapsed": 0, "collapsed_towns": []}}
+    header = bench.markdown(summary, [0]).splitlines()[2]
+    assert header == "| model | overcast | night | snow | fog | collapsed |"
