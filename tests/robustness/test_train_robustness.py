@@ -26,6 +26,7 @@ from softloc.kill_points import ENV_VAR
 from softloc.models import load_model
 from softloc.models.raw import thumbnail
 from softloc.train import Trainer
+from tests.tiny_run import SMALL
 
 _SPEC = importlib.util.spec_from_file_location(
     "shared_fixture_makers", Path(__file__).parents[1] / "conftest.py"
@@ -33,21 +34,12 @@ _SPEC = importlib.util.spec_from_file_location(
 _MAKERS = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(_MAKERS)
 
+# The shared tiny run with no step count of its own (each test gives --steps), no validation
+# and one torch thread.
 TINY = [
-    "model.name=small_gem",
-    "data.image_width=32",
-    "data.image_height=24",
-    "tuples.n_near=2",
-    "tuples.n_far=2",
-    "tuples.near_radius=4",
-    "tuples.far_radius=8",
-    "tuples.far_spacing=4",
-    "train.steps_per_epoch=3",
-    "train.checkpoint_every=2",
-    "train.keep_checkpoints=5",
+    *(o for o in SMALL
+      if not o.startswith(("train.steps=", "train.val_every=", "train.val_queries="))),
     "train.val_every=0",
-    "train.log_every=1",
-    "train.lr=0.001",
     "train.num_threads=1",
 ]
 
