@@ -105,3 +105,24 @@ def test_out_holding_other_files_is_refused_before_reading(drive, tmp_path: Path
                tmp_path / "data" / "places.csv", "--out", out) == 2
     assert "nothing was written" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_rank_zero_logs_progress_under_torchrun(drive, tmp_path: Path, rank: str) -> None:
+    """torchrun's other ranks print warnings and errors only: N copies of every INFO line
+    would bury what rank 0 says (the command here needs no collective, so one process can
+    play rank 1)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank,
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "SOFTLOC_DIST_TIMEOUT_S": "5"}
+    done = subprocess.run(
+        [sys.executable, "-m", "softloc", "map", "import", "--descriptors",
+         str(tmp_path / "unit.npy"), "--places", str(tmp_path / "data" / "places.csv"),
+         "--out", str(tmp_path / f"map{rank}")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("INFO softloc.mapping: built a flat map" in done.stderr) == (rank == "0")

@@ -763,8 +763,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``softloc`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from softloc.launch import is_main
+
+    level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        # under torchrun rank 0 tells the progress; the other ranks say only what goes wrong
+        level=level if is_main() else max(level, logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("faiss").setLevel(logging.WARNING)

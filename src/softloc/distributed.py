@@ -30,45 +30,18 @@ import numpy as np
 import torch
 
 from softloc.kill_points import kill_point
+from softloc.launch import (  # noqa: F401  (re-exported: one import for callers)
+    DistributedError,
+    _env_int,
+    is_main,
+    local_rank,
+    rank,
+    world_size,
+)
 
 TIMEOUT_ENV = "SOFTLOC_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedError(RuntimeError):
-    """A collective step failed: another rank died, stalled past the timeout, or disagrees."""
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise DistributedError(f"{name}={value!r} is not an integer; it is set by torchrun, "
-                               "leave it to the launcher") from None
-
-
-def world_size() -> int:
-    """How many processes run this command (``WORLD_SIZE``; 1 without torchrun)."""
-    return max(_env_int("WORLD_SIZE", 1), 1)
-
-
-def rank() -> int:
-    """This process's rank, 0 .. world_size()-1 (``RANK``; 0 without torchrun)."""
-    return _env_int("RANK", 0) if world_size() > 1 else 0
-
-
-def local_rank() -> int:
-    """This process's rank on its machine (``LOCAL_RANK``): the GPU it uses."""
-    return _env_int("LOCAL_RANK", rank()) if world_size() > 1 else 0
-
-
-def is_main() -> bool:
-    """True in the one process that writes results, maps, checkpoints and logs (rank 0)."""
-    return rank() == 0
 
 
 def timeout_s() -> float:
