@@ -236,3 +236,37 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error_and_no_results(
     # and a re-run (here single-process) takes the same --out and completes
     evaluate_maps({"map": the_map}, long_street, out, progress=False)
     assert json.loads((out / "results.json").read_text())["map"]["night"]["num_queries"] == 80
+
+
+def test_two_process_sweeps_equal_one_process_and_share_one_cache(
+    long_street, tmp_path: Path, model_file: Path
+) -> None:
+    """``sweep dimension`` splits the raw descriptors over 2 ranks and writes what one
+    process writes; ``sweep spacing`` in the same folder then takes rank 0's cache-hit
+    decision on both ranks (the cache is not rewritten) and equals one process too."""
+    from softloc.evaluation.whitening import WhiteningProtocol
+    from softloc.sweeps.descriptors import CACHE_DESCRIPTORS, CACHE_FOLDER
+    from softloc.sweeps.dimension import run_dimension_sweep
+    from softloc.sweeps.spacing import run_spacing_sweep
+
+    single, double = tmp_path / "sweep1", tmp_path / "sweep2"
+    run_dimension_sweep(model_file, long_street, single, dims=[4, 8], progress=False)
+    run_spacing_sweep(model_file, long_street, single, spacings=[0.0, 1.0],
+                      protocol=WhiteningProtocol(dim=8), progress=False)
+    common = ["--model", str(model_file), "--data", str(long_street.root), "--out", str(double)]
+    done = torchrun(["sweep", "dimension", *common, "--dims", "4", "8"], clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| 8 |") == 1  # the table, printed by rank 0 alone
+    cache = double / CACHE_FOLDER / CACHE_DESCRIPTORS
+    written = cache.stat().st_mtime_ns
+    done = torchrun(["sweep", "spacing", *common, "--spacings", "0", "1",
+                     "--whitening-dim", "8"], clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cache.stat().st_mtime_ns == written  # both ranks reused rank 0's cache
+    assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())
+    for kind in ("dimension", "spacing"):
+        one = json.loads((single / f"sweep_{kind}.json").read_text())
+        two = json.loads((double / f"sweep_{kind}.json").read_text())
+        assert one["config"]["num_queries"] > 64  # more than one batch: both ranks described
+        assert two == one  # every number, floats included
+    assert np.array_equal(np.load(cache), np.load(single / CACHE_FOLDER / CACHE_DESCRIPTORS))

@@ -330,8 +330,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             tuple_sizes=[parse_tuple_size(t) for t in args.tuple_sizes], steps=args.steps,
             split=args.split, protocol=_sweep_protocol(args), progress=progress,
         )
-    print(table)
-    print(f"wrote {args.out}/sweep_{args.sweep_command}.csv, .json, .png")
+    from softloc.distributed import barrier, is_main
+
+    barrier("sweep written")  # under torchrun every rank returns once rank 0 has written
+    if is_main():
+        print(table)
+        print(f"wrote {args.out}/sweep_{args.sweep_command}.csv, .json, .png")
     return 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from softloc.data.places import PlaceTable
 from softloc.evaluation.metrics import DEFAULT_THRESHOLDS, topn_accuracy
 from softloc.evaluation.report import threshold_key
-from softloc.extract import extract_descriptors, image_store
+from softloc.extract import extract_over_ranks, image_store
 from softloc.sequence import SequenceConfig, fit_temperature, windowed_fixes
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def fit_on_validation(
         return config
     describe = [refs, queries]
     ref_desc, query_desc = (
-        extract_descriptors(model, image_store(model, [t.image_path(i) for i in range(len(t))]))
+        extract_over_ranks(model, image_store(model, [t.image_path(i) for i in range(len(t))]))
         for t in describe
     )
     candidates, distances = lattice(ref_desc, query_desc)

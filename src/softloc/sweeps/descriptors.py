@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from softloc import distributed
 from softloc.atomic import write_json, write_with
 from softloc.data.places import PlaceTable
 from softloc.evaluation.whitening import EvaluationSets, WhiteningProtocol, evaluation_sets
-from softloc.extract import extract_descriptors, image_store
+from softloc.extract import extract_over_ranks, image_store
 from softloc.models import load_model
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ def compute_raw_descriptors(
     """Raw descriptors of ``sets``' images, from the cache in ``cache_dir`` when it matches.
 
     Each image of fit, references and queries is described once (an image in two sets is
-    not described twice); the network is not run at all on a cache hit.
+    not described twice); the network is not run at all on a cache hit. Under torchrun the
+    images are split over the ranks and every rank gets them all back in row order
+    (:func:`softloc.extract.extract_over_ranks`); rank 0 alone writes the cache.
 
     Raises:
         FileNotFoundError: ``model_path`` does not exist.
@@ -128,21 +131,32 @@ def compute_raw_descriptors(
         "images_sha256": _images_digest(places, rows),
         "count": int(len(rows)),
     }
-    cached = _load_cache(cache_dir, manifest)
-    if cached is not None and np.array_equal(cached[0], rows):
+    # Under torchrun rank 0 judges the cache and every rank follows its decision; the others
+    # read it only once rank 0 has found it complete, and never write it.
+    cached = _load_cache(cache_dir, manifest) if distributed.is_main() else None
+    hit = cached is not None and np.array_equal(cached[0], rows)
+    if distributed.main_decides(hit, "sweep descriptor cache"):
+        cached = cached or _load_cache(cache_dir, manifest)
+        if cached is None:
+            raise distributed.DistributedError(
+                f"rank {distributed.rank()}: {cache_dir}: rank 0 found the descriptor cache "
+                "complete but this rank cannot read it; do all ranks see the same folder?")
         logger.info("reusing %d cached raw descriptors from %s", len(rows), cache_dir)
         descriptors = cached[1]
     else:
         model = raw_model(model_path)
         store = image_store(model, [places.image_path(int(i)) for i in rows])
-        descriptors = extract_descriptors(
+        # each rank describes its block of whole batches; all get every row, in row order
+        descriptors = extract_over_ranks(
             model, store, batch_size=batch_size, progress=progress, desc="raw descriptors"
         )
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        (cache_dir / CACHE_MANIFEST).unlink(missing_ok=True)  # stale until rewritten
-        write_with(cache_dir / CACHE_DESCRIPTORS, lambda tmp: _save_npy(tmp, descriptors))
-        write_with(cache_dir / CACHE_ROWS, lambda tmp: _save_npy(tmp, rows))
-        write_json(cache_dir / CACHE_MANIFEST, {**manifest, "dim": int(descriptors.shape[1])})
+        if distributed.is_main():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            (cache_dir / CACHE_MANIFEST).unlink(missing_ok=True)  # stale until rewritten
+            write_with(cache_dir / CACHE_DESCRIPTORS, lambda tmp: _save_npy(tmp, descriptors))
+            write_with(cache_dir / CACHE_ROWS, lambda tmp: _save_npy(tmp, rows))
+            write_json(cache_dir / CACHE_MANIFEST,
+                       {**manifest, "dim": int(descriptors.shape[1])})
     position = {int(row): i for i, row in enumerate(rows)}
 
     def take(subset: np.ndarray) -> np.ndarray:

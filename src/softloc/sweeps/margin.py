@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 
 from softloc.atomic import write_with
 from softloc.data.places import PlaceTable
+from softloc.launch import is_main
 from softloc.output_folders import claim_output_folder
 from softloc.sweeps.outputs import format_sweep_table, write_sweep_files
 
@@ -148,6 +149,8 @@ def plot_margins(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
                  title: str | None = None) -> Path:
     """Left: achieved margin alpha* (solid) and median anchor margin (dashed) against the gap,
     one colour per model, with the 0 line; right: the share of violating anchors."""
+    if not is_main():  # under torchrun rank 0 alone writes the sweep's files
+        return Path(path)
     figure = Figure(figsize=(10.0, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
@@ -191,7 +194,7 @@ def sample_anchors(places: PlaceTable, split: str, count: int, seed: int) -> np.
 def model_descriptors(model_path: str | os.PathLike[str], places: PlaceTable,
                       rows: np.ndarray, progress: bool = True) -> np.ndarray:
     """The model's descriptors (whitening included, as a map uses them) of ``rows``."""
-    from softloc.extract import extract_descriptors, image_store
+    from softloc.extract import extract_over_ranks, image_store
     from softloc.models import load_model
 
     model_path = Path(model_path)
@@ -199,7 +202,8 @@ def model_descriptors(model_path: str | os.PathLike[str], places: PlaceTable,
         raise FileNotFoundError(f"{model_path}: no such model file; train one with softloc train")
     model, _ = load_model(model_path)
     store = image_store(model, [places.image_path(int(i)) for i in rows])
-    return extract_descriptors(model, store, progress=progress, desc=model_path.parent.name)
+    # under torchrun split over the ranks, every rank gets every row in row order
+    return extract_over_ranks(model, store, progress=progress, desc=model_path.parent.name)
 
 
 def run_margin_sweep(

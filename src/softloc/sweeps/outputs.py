@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from softloc.atomic import write_json, write_text
+from softloc.launch import is_main
 
 
 def sweep_paths(out: str | os.PathLike[str], kind: str) -> dict[str, Path]:
@@ -40,6 +41,8 @@ def write_sweep_files(
     ``rows`` and whatever ``extra`` adds (e.g. the full metrics of each point).
     """
     paths = sweep_paths(out, kind)
+    if not is_main():  # under torchrun every rank holds the table; rank 0 alone writes it
+        return paths
     paths["csv"].parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

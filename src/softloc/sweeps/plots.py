@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from softloc.atomic import write_with
+from softloc.launch import is_main
 
 
 def plot_lines(
@@ -36,6 +37,8 @@ def plot_lines(
     """
     if not lines:
         raise ValueError("nothing to plot: give at least one line")
+    if not is_main():  # under torchrun rank 0 alone writes the sweep's files
+        return Path(path)
     figure = Figure(figsize=(6.4, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()

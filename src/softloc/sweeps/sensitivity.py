@@ -36,6 +36,7 @@ from softloc.evaluation.whitening import (
     evaluation_sets,
     feasible_dim,
 )
+from softloc.launch import is_main
 from softloc.sweeps.descriptors import CACHE_FOLDER, compute_raw_descriptors
 from softloc.sweeps.dimension import evaluate_at_dim
 from softloc.sweeps.outputs import format_sweep_table, write_sweep_files
@@ -131,7 +132,8 @@ def run_point(
         "whitening_dim": dim,
         "results": results,
     }
-    write_json(run_dir / EVALUATION_FILE, document)
+    if is_main():  # under torchrun rank 0 alone writes
+        write_json(run_dir / EVALUATION_FILE, document)
     return document
 
 
