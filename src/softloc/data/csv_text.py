@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,79 @@ def separator_hint(raw_header: str) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class CsvStream:
+    """The header of a CSV file and an iterator over its rows, read one at a time.
+
+    For tables too long to hold as Python lists (a map's places of 10 M rows): the rows are
+    parsed as they are consumed, so only the decoded text and the caller's own arrays stay in
+    memory. The rows follow the rules of :func:`read_csv_text`.
+
+    Attributes:
+        path, header, raw_header: as :class:`CsvText`.
+        records: ``(line, values)`` per row, values stripped and padded to the header's length;
+            iterating raises the reader's ``error`` at a malformed line.
+    """
+
+    path: Path
+    header: list[str]
+    raw_header: str
+    records: Iterator[tuple[int, list[str]]]
+
+    def separator_hint(self) -> str:
+        """As :meth:`CsvText.separator_hint`."""
+        return separator_hint(self.raw_header)
+
+
+#: One line of text with its ending (``\n``, ``\r\n`` or a lone ``\r``, as universal
+#: newlines split them), matched lazily so the text is never copied into a list of lines.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def stream_csv_text(
+    path: str | os.PathLike[str], error: type[Exception] = ValueError, lower_header: bool = False
+) -> CsvStream:
+    """Read a comma-separated file by the rules above, row by row (see :class:`CsvStream`).
+
+    Raises:
+        error: missing file, undecodable text, or malformed CSV in the header's part (file and
+            line named); a malformed later line raises while ``records`` is iterated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    text = read_text_file(path, error)
+    raw_header = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    reader = csv.reader((m.group() for m in _LINE.finditer(text)), skipinitialspace=True)
+    header: list[str] | None = None
+    try:
+        for record in reader:
+            if record and not all(not cell.strip() for cell in record):
+                values = [cell.strip() for cell in record]
+                header = [v.lower() for v in values] if lower_header else values
+                break
+    except csv.Error as problem:
+        raise error(f"{path}, line {reader.line_num}: not valid CSV ({problem}); check the "
+                    "quotes on that line") from None
+    return CsvStream(path, header or [], raw_header, _records(reader, path, error,
+                                                                len(header or [])))
+
+
+def _records(
+    reader, path: Path, error: type[Exception], width: int
+) -> Iterator[tuple[int, list[str]]]:
+    try:
+        for record in reader:
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            values = [cell.strip() for cell in record]
+            values += [""] * (width - len(values))
+            yield reader.line_num, values
+    except csv.Error as problem:
+        raise error(f"{path}, line {reader.line_num}: not valid CSV ({problem}); check the "
+                    "quotes on that line") from None
+
+
 def read_csv_text(
     path: str | os.PathLike[str], error: type[Exception] = ValueError, lower_header: bool = False
 ) -> CsvText:
@@ -118,27 +192,10 @@ def read_csv_text(
     Raises:
         error: missing file, undecodable text or malformed CSV (file and line named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: no such file")
-    text = read_text_file(path, error)
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
-    header: list[str] | None = None
+    stream = stream_csv_text(path, error, lower_header)
     rows: list[list[str]] = []
     lines: list[int] = []
-    try:
-        for record in reader:
-            if not record or all(not cell.strip() for cell in record):
-                continue
-            values = [cell.strip() for cell in record]
-            if header is None:
-                header = [v.lower() for v in values] if lower_header else values
-                continue
-            values += [""] * (len(header) - len(values))
-            rows.append(values)
-            lines.append(reader.line_num)
-    except csv.Error as problem:
-        raise error(f"{path}, line {reader.line_num}: not valid CSV ({problem}); check the "
-                    "quotes on that line") from None
-    raw_header = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
-    return CsvText(path, header or [], rows, lines, raw_header)
+    for line, values in stream.records:
+        rows.append(values)
+        lines.append(line)
+    return CsvText(stream.path, stream.header, rows, lines, stream.raw_header)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from softloc.atomic import write_text
-from softloc.data.csv_text import read_csv_text
+from softloc.data.csv_text import stream_csv_text
 from softloc.data.timestamps import MILLISECONDS_FROM, parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ COLUMNS: tuple[str, ...] = (
 )
 _FLOAT_COLUMNS = ("x", "y", "yaw", "timestamp")
 PLACES_FILE = "places.csv"
+#: Rows of a places CSV parsed into arrays at a time (bounds the Python lists in memory).
+READ_CHUNK_ROWS = 65536
 
 
 class PlacesError(ValueError):
@@ -196,37 +198,25 @@ def read_places(
             f"{path}: no such places file; generate a dataset with `softloc town --out DIR` "
             "or point to the folder that holds places.csv"
         )
-    text = read_csv_text(path, PlacesError)
+    text = stream_csv_text(path, PlacesError)
     missing = [c for c in COLUMNS if c not in text.header]
     if missing:
         raise PlacesError(
             f"{path}: missing column(s) {', '.join(missing)} in the header {text.header} (as "
             f"read); the header must hold {', '.join(COLUMNS)}{text.separator_hint()}"
         )
-    if not text.rows:
-        raise PlacesError(f"{path}: the table has a header but no rows")
     position = {c: text.header.index(c) for c in COLUMNS}
-    columns: dict[str, list] = {c: [] for c in COLUMNS}
-    numeric = [(c, position[c], columns[c]) for c in COLUMNS if c in _FLOAT_COLUMNS]
-    labels = [(c, position[c], columns[c]) for c in COLUMNS if c not in _FLOAT_COLUMNS]
-    for line, row in zip(text.lines, text.rows, strict=True):
-        for c, at, values in numeric:
-            try:
-                number = float(row[at])
-            except ValueError:
-                number = _finite_cell(path, line, c, row[at])
-            if c == "timestamp" and abs(number) >= MILLISECONDS_FROM:
-                number = _finite_cell(path, line, c, row[at])  # epoch ms or us -> seconds
-            if not math.isfinite(number):
-                _finite_cell(path, line, c, row[at])  # raises, naming the line
-            values.append(number)
-        for c, at, values in labels:
-            if row[at] == "":
-                raise PlacesError(f"{path}, line {line}: column '{c}' is empty; fill it or "
-                                  "drop the row")
-            values.append(row[at])
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
+    for lines, rows in _chunks(text.records, READ_CHUNK_ROWS):
+        for c in COLUMNS:
+            cells = [row[position[c]] for row in rows]
+            convert = _numbers if c in _FLOAT_COLUMNS else _labels
+            parts[c].append(convert(path, lines, c, cells))
+    if not parts["path"]:
+        raise PlacesError(f"{path}: the table has a header but no rows")
+    columns = {c: np.concatenate(parts.pop(c)) for c in COLUMNS}  # each chunk freed once joined
     columns["split"] = _case_folded_splits(path, columns["split"])
-    table = PlaceTable(**{c: np.asarray(v) for c, v in columns.items()}, root=path.parent)
+    table = PlaceTable(**columns, root=path.parent)
     if check_images:
         absent = [p for p in table.path if not (table.root / p).is_file()]
         if absent:
@@ -260,10 +250,55 @@ def normalise_split(label: str) -> str:
     return label.strip().lower()
 
 
-def _case_folded_splits(path: Path, labels: list[str]) -> list[str]:
-    folded = [normalise_split(label) for label in labels]
-    changed = sorted({a for a, b in zip(labels, folded, strict=True) if a != b})
+def _case_folded_splits(path: Path, labels: np.ndarray) -> np.ndarray:
+    distinct, inverse = np.unique(labels, return_inverse=True)
+    folded = np.asarray([normalise_split(label) for label in distinct.tolist()], dtype=str)
+    changed = sorted(a for a, b in zip(distinct.tolist(), folded.tolist(), strict=True) if a != b)
     if changed:
         logger.warning("%s: split labels %s read as %s (split names are case-insensitive)",
                        path, changed, sorted({normalise_split(c) for c in changed}))
-    return folded
+    return folded[inverse.reshape(-1)]
+
+
+def _chunks(records, size: int):
+    """``(lines, rows)`` of up to ``size`` CSV records at a time."""
+    lines: list[int] = []
+    rows: list[list[str]] = []
+    for line, values in records:
+        lines.append(line)
+        rows.append(values)
+        if len(rows) == size:
+            yield lines, rows
+            lines, rows = [], []
+    if rows:
+        yield lines, rows
+
+
+def _numbers(path: Path, lines: list[int], column: str, cells: list[str]) -> np.ndarray:
+    """One numeric column of a chunk as float64; a bad cell raises, naming its line.
+
+    numpy parses the plain decimals at once; a chunk it refuses (an ISO timestamp, a
+    typo) and the cells it cannot take as they are (non-finite values, epoch milliseconds)
+    go through :func:`_finite_cell`, one cell at a time.
+    """
+    try:
+        values = np.asarray(cells, dtype=str).astype(np.float64)
+    except ValueError:
+        values = np.asarray([_finite_cell(path, line, column, cell)
+                             for line, cell in zip(lines, cells, strict=True)], dtype=np.float64)
+    odd = ~np.isfinite(values)
+    if column == "timestamp":
+        odd |= np.abs(values) >= MILLISECONDS_FROM
+    for i in np.flatnonzero(odd):  # epoch ms or us -> seconds; NaN and inf raise
+        values[i] = _finite_cell(path, lines[i], column, cells[i])
+    return values
+
+
+def _labels(path: Path, lines: list[int], column: str, cells: list[str]) -> np.ndarray:
+    """One text column of a chunk; an empty cell raises, naming its line."""
+    values = np.asarray(cells, dtype=str)
+    empty = np.flatnonzero(values == "")
+    if empty.size:
+        raise PlacesError(f"{path}, line {lines[empty[0]]}: column '{column}' is empty; fill "
+                          "it or drop the row")
+    return values
