@@ -207,3 +207,32 @@ def test_per_query_hits_agree_with_the_evaluation(bench, street, tmp_path) -> No
     for condition, values in hits.items():
         assert len(values) == metrics[condition]["num_queries"]
         assert statistics.mean(values) == pytest.approx(metrics[condition]["top1"]["10"])
+
+
+def test_records_carry_finished_runs_to_a_fresh_folder_and_nothing_else(bench,
+                                                                        tmp_path) -> None:
+    """Exported records seed another --out: finished runs are not trained again there, a
+    run still training is not exported, and a result the new folder holds is never replaced."""
+    old, records, new = tmp_path / "old", tmp_path / "records", tmp_path / "new"
+    done = old / "final" / "lr0.0003" / "runs" / "triplet" / "seed1"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text('{"condition": "triplet", "seed": 1}')
+    (done / "val_log.csv").write_text("step,top1\n150,0.5\n")
+    (done / "model.safetensors").write_bytes(b"weights stay out of the records")
+    training = old / "grid" / "lr0.001" / "runs" / "triplet" / "seed0"
+    training.mkdir(parents=True)
+    (training / "config.yaml").write_text("train: {}\n")
+    assert bench.export_records(old, records) == 1
+    kept = sorted(p.relative_to(records).as_posix() for p in records.rglob("*") if p.is_file())
+    assert kept == ["final/lr0.0003/runs/triplet/seed1/result.json",
+                    "final/lr0.0003/runs/triplet/seed1/val_log.csv"]
+    mine = new / "final" / "lr0.0003" / "runs" / "soft_sigmoid" / "seed1"
+    mine.mkdir(parents=True)
+    (mine / "result.json").write_text("{}")
+    assert bench.import_records(records, new) == 1
+    assert bench.import_records(records, new) == 0  # already there: taken once
+    protocol = bench.decisive_protocol(None, 3e-4, "test")
+    cached = bench.run_one("triplet", 1, protocol, str(tmp_path / "no-town"),
+                           str(new / "final" / "lr0.0003"), 1)
+    assert cached == {"condition": "triplet", "seed": 1}  # read back, nothing trained
+    assert (mine / "result.json").read_text() == "{}"

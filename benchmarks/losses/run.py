@@ -6,6 +6,8 @@ Usage::
                                     [--steps S] [--lr LR] [--mining] [--only NAME ...]
     python benchmarks/losses/run.py --decisive [--workers N] [--out DIR] [--only NAME ...]
                                     [--seeds 0 1 2 3 4] [--lr-grid 1e-4 3e-4 1e-3]
+                                    [--records benchmarks/losses/decisive_runs]
+    python benchmarks/losses/run.py --out DIR --export-records benchmarks/losses/decisive_runs
 
 ``--decisive`` runs the protocol that can decide the paper's claim (issue 11): hard mining on
 for every loss (the authors' configuration), each loss's learning rate chosen from
@@ -26,7 +28,11 @@ Runs are cached per (condition, seed) in ``OUT/runs/<condition>/seed<k>/`` (trai
 folder with its ``config.yaml`` + ``result.json``, ``result_val.json`` for ``--split val``), so
 an interrupted benchmark resumes where it stopped (a half-trained run resumes from its last
 checkpoint). ``--workers N`` trains N runs in parallel processes, each with ``cores // N``
-torch threads.
+torch threads. A finished run's result and validation log (a few kB, no weights) are its
+*record*: ``--records DIR`` seeds a fresh ``--out`` with the records kept in DIR (the
+repository keeps them in ``benchmarks/losses/decisive_runs/``) and adds the new ones at the end,
+and ``--export-records DIR`` copies what has finished so far, so the decisive table can be
+completed over several sessions on machines that keep nothing.
 
 Writes ``OUT/results.json`` and the Markdown report (``--results``, default
 ``benchmarks/losses/RESULTS.md``, for a ``--quick`` run too) with the
@@ -630,6 +636,59 @@ def write_decisive_report(
     write_text(path, "\n".join(text))
 
 
+#: Files of a run folder that make its cached result (a few kB): kept in the repository so
+#: that the decisive table can be completed over several sessions on fresh machines.
+RECORD_FILES = ("result.json", "result_val.json", "val_log.csv", "config.yaml")
+
+
+def _record_paths(root: Path) -> list[Path]:
+    """The record files under ``root``, relative to it (grid and final runs)."""
+    return sorted(
+        path.relative_to(root)
+        for phase in ("grid", "final")
+        for path in (root / phase).glob("lr*/runs/*/seed*/*")
+        if path.name in RECORD_FILES and path.is_file()
+    )
+
+
+def export_records(out: Path, records: Path) -> int:
+    """Copy every finished run's record files from ``out`` into ``records`` (only runs with a
+    result; a run still training is left out); returns how many runs were copied."""
+    import shutil
+
+    copied = 0
+    for relative in _record_paths(out):
+        if not relative.name.startswith("result"):
+            continue
+        folder = relative.parent
+        for name in RECORD_FILES:
+            source = out / folder / name
+            if source.is_file():
+                (records / folder).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, records / folder / name)
+        copied += 1
+    return copied
+
+
+def import_records(records: Path, out: Path) -> int:
+    """Seed ``out``'s cache with the records of finished runs: a run folder of ``out`` that has
+    no result of its own gets the record's files (none of ``out``'s files is replaced);
+    returns how many runs were taken."""
+    import shutil
+
+    taken = 0
+    for relative in _record_paths(records):
+        if not relative.name.startswith("result") or (out / relative).is_file():
+            continue
+        for name in RECORD_FILES:
+            source, target = records / relative.parent / name, out / relative.parent / name
+            if source.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+        taken += 1
+    return taken
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short town, 300 steps (~10 min)")
@@ -645,12 +704,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="lr grid on validation, mining on, 5 seeds, paired intervals")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DECISIVE_LR_GRID))
     parser.add_argument(
+        "--records", type=Path, default=None,
+        help="--decisive: seed the cache from this folder of run records first, and copy "
+             "every finished run's records into it at the end",
+    )
+    parser.add_argument(
+        "--export-records", type=Path, default=None,
+        help="copy the records of the runs finished so far in --out into this folder, run "
+             "nothing (e.g. to commit a partial table before a session ends)",
+    )
+    parser.add_argument(
         "--split", default="test", choices=["test", "val"],
         help="region evaluated (val: for choosing settings such as the learning rate)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    if args.export_records:
+        out = args.out or Path("runs") / "bench_losses_decisive"
+        print(f"copied the records of {export_records(out, args.export_records)} runs "
+              f"to {args.export_records}")
+        return 0
     if args.decisive:
         return main_decisive(args)
     quick = args.quick
@@ -704,8 +778,13 @@ def main_decisive(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     town = (quick_protocol if args.quick else full_protocol)(args.steps, 3e-4, True).town
     dataset = prepare_town(out, town)
+    if args.records:
+        print(f"took the records of {import_records(args.records, out)} finished runs "
+              f"from {args.records}")
     outcome = run_decisive(args.only or list(CONDITIONS), seeds, args.lr_grid, args.steps,
                            out, dataset, workers, threads, quick=args.quick)
+    if args.records:
+        export_records(out, args.records)
     # A --quick run is a smoke test: its files stay in --out, never beside the real table.
     where = out if args.quick else HERE
     write_json(where / "results.json", {
