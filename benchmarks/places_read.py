@@ -52,11 +52,11 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> Path:
         out.write("path,x,y,yaw,timestamp,traversal,condition,split\n")
         for start in range(0, rows, 100_000):
             n = min(100_000, rows - start)
-            x = rng.uniform(0, 4000, n)
-            y = rng.uniform(0, 4000, n)
-            yaw = rng.uniform(-3.14159, 3.14159, n)
+            x = rng.uniform(0, 4000, n).tolist()  # Python floats: repr() as softloc writes
+            y = rng.uniform(0, 4000, n).tolist()
+            yaw = rng.uniform(-3.14159, 3.14159, n).tolist()
             i = np.arange(start, start + n)
-            stamp = 1.4e9 + i * 0.1
+            stamp = (1.4e9 + i * 0.1).tolist()
             out.write("".join(
                 f"drive{k // 5000:05d}/{k:08d}.jpg,{x[j]!r},{y[j]!r},{yaw[j]!r},{stamp[j]!r},"
                 f"drive{k // 5000:05d},overcast,train\n"
@@ -68,7 +68,9 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> Path:
 def measure(src: str, what: str, csv_path: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
     done = subprocess.run([sys.executable, "-c", CHILD, what, str(csv_path)], env=env,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{src}: the read failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

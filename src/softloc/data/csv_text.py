@@ -174,9 +174,9 @@ def _records(
 ) -> Iterator[tuple[int, list[str]]]:
     try:
         for record in reader:
-            if not record or all(not cell.strip() for cell in record):
-                continue
             values = [cell.strip() for cell in record]
+            if not any(values):  # a blank line, or one of blank cells
+                continue
             values += [""] * (width - len(values))
             yield reader.line_num, values
     except csv.Error as problem:
