@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -216,7 +217,9 @@ def test_records_carry_finished_runs_to_a_fresh_folder_and_nothing_else(bench,
     old, records, new = tmp_path / "old", tmp_path / "records", tmp_path / "new"
     done = old / "final" / "lr0.0003" / "runs" / "triplet" / "seed1"
     done.mkdir(parents=True)
-    (done / "result.json").write_text('{"condition": "triplet", "seed": 1}')
+    (done / "result.json").write_text(json.dumps({
+        "condition": "triplet", "seed": 1, "hits": {"night": [1, 0]},
+        "metrics": {"night": {"top1": {"10": 0.5}, "curves": {"recall": [0.1] * 500}}}}))
     (done / "val_log.csv").write_text("step,top1\n150,0.5\n")
     (done / "model.safetensors").write_bytes(b"weights stay out of the records")
     training = old / "grid" / "lr0.001" / "runs" / "triplet" / "seed0"
@@ -234,5 +237,7 @@ def test_records_carry_finished_runs_to_a_fresh_folder_and_nothing_else(bench,
     protocol = bench.decisive_protocol(None, 3e-4, "test")
     cached = bench.run_one("triplet", 1, protocol, str(tmp_path / "no-town"),
                            str(new / "final" / "lr0.0003"), 1)
-    assert cached == {"condition": "triplet", "seed": 1}  # read back, nothing trained
+    # read back, nothing trained; the record keeps hits and numbers, not the long curves
+    assert cached == {"condition": "triplet", "seed": 1, "hits": {"night": [1, 0]},
+                      "metrics": {"night": {"top1": {"10": 0.5}}}}
     assert (mine / "result.json").read_text() == "{}"

@@ -633,6 +633,9 @@ def write_decisive_report(
            "Every interval is at most 6 points wide."),
         "",
     ]
+    discussion = HERE / "decisive_discussion.md"  # the interpretation, written by a person
+    if discussion.is_file():
+        text += [discussion.read_text(encoding="utf-8").rstrip(), ""]
     write_text(path, "\n".join(text))
 
 
@@ -653,8 +656,11 @@ def _record_paths(root: Path) -> list[Path]:
 
 def export_records(out: Path, records: Path) -> int:
     """Copy every finished run's record files from ``out`` into ``records`` (only runs with a
-    result; a run still training is left out); returns how many runs were copied."""
+    result; a run still training is left out; results without their bulky curves,
+    :func:`slim_result`); returns how many runs were copied."""
     import shutil
+
+    from softloc.atomic import write_text
 
     copied = 0
     for relative in _record_paths(out):
@@ -663,11 +669,31 @@ def export_records(out: Path, records: Path) -> int:
         folder = relative.parent
         for name in RECORD_FILES:
             source = out / folder / name
-            if source.is_file():
-                (records / folder).mkdir(parents=True, exist_ok=True)
+            if not source.is_file():
+                continue
+            (records / folder).mkdir(parents=True, exist_ok=True)
+            if name.startswith("result"):
+                compact = json.dumps(slim_result(json.loads(source.read_text())),
+                                     separators=(",", ":"))
+                write_text(records / folder / name, compact + "\n")
+            else:
                 shutil.copyfile(source, records / folder / name)
         copied += 1
     return copied
+
+
+#: Metrics of a result left out of its record: curves of hundreds of points a condition,
+#: which no table or plot of the benchmark reads (they stay in the run folder).
+BULKY_METRICS = ("curves", "precision_coverage_10m")
+
+
+def slim_result(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without :data:`BULKY_METRICS` (per-query hits and every number kept)."""
+    metrics = {
+        query: {k: v for k, v in values.items() if k not in BULKY_METRICS}
+        for query, values in result.get("metrics", {}).items()
+    }
+    return {**result, "metrics": metrics} if "metrics" in result else dict(result)
 
 
 def import_records(records: Path, out: Path) -> int:
