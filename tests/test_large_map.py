@@ -138,7 +138,7 @@ def test_columns_round_trip_exactly_against_places_csv(tmp_path, monkeypatch) ->
         raise AssertionError("a map with columns must open without reading places.csv")
 
     monkeypatch.setattr(mapping, "read_places", no_csv)
-    monkeypatch.setattr(places_module, "read_csv_text", no_csv)
+    monkeypatch.setattr(places_module, "stream_csv_text", no_csv)
     opened = Map.open(folder).places
     assert isinstance(opened.path, LazyPaths)
     for column in ("x", "y", "yaw", "timestamp"):  # the very same float64 values
