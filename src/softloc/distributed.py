@@ -32,7 +32,6 @@ import torch
 from softloc.kill_points import kill_point
 from softloc.launch import (  # noqa: F401  (re-exported: one import for callers)
     DistributedError,
-    _env_int,
     is_main,
     local_rank,
     rank,

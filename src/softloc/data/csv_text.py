@@ -155,30 +155,25 @@ def stream_csv_text(
     text = read_text_file(path, error)
     raw_header = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     reader = csv.reader((m.group() for m in _LINE.finditer(text)), skipinitialspace=True)
-    header: list[str] | None = None
-    try:
-        for record in reader:
-            if record and not all(not cell.strip() for cell in record):
-                values = [cell.strip() for cell in record]
-                header = [v.lower() for v in values] if lower_header else values
-                break
-    except csv.Error as problem:
-        raise error(f"{path}, line {reader.line_num}: not valid CSV ({problem}); check the "
-                    "quotes on that line") from None
-    return CsvStream(path, header or [], raw_header, _records(reader, path, error,
-                                                                len(header or [])))
+    rows = _non_blank_rows(reader, path, error)
+    first = next(rows, None)  # the header: its malformed CSV raises here, not later
+    header = [] if first is None else first[1]
+    if lower_header:
+        header = [v.lower() for v in header]
+    width = len(header)
+    records = ((line, values + [""] * (width - len(values))) for line, values in rows)
+    return CsvStream(path, header, raw_header, records)
 
 
-def _records(
-    reader, path: Path, error: type[Exception], width: int
+def _non_blank_rows(
+    reader, path: Path, error: type[Exception]
 ) -> Iterator[tuple[int, list[str]]]:
+    """``(line, stripped values)`` of every row that is not blank (no cell but spaces)."""
     try:
         for record in reader:
             values = [cell.strip() for cell in record]
-            if not any(values):  # a blank line, or one of blank cells
-                continue
-            values += [""] * (width - len(values))
-            yield reader.line_num, values
+            if any(values):
+                yield reader.line_num, values
     except csv.Error as problem:
         raise error(f"{path}, line {reader.line_num}: not valid CSV ({problem}); check the "
                     "quotes on that line") from None
