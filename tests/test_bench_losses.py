@@ -196,6 +196,36 @@ def test_decisive_protocol_chooses_rates_then_pairs_every_loss_with_soft(bench, 
     assert all(p.stat().st_size > 0 for p in plots)
 
 
+def test_extra_seeds_run_only_for_the_named_losses_and_the_soft_loss(bench, tmp_path) -> None:
+    """--extra-seeds: queued seed by seed after the base seeds, for --extra-for and the soft
+    loss only; the paired difference uses the seeds both ran, and the report says which."""
+    calls = []
+
+    def fake_run(condition, seed, protocol, dataset, out, threads):
+        calls.append((condition, seed, protocol.split))
+        # triplet beats the soft loss by 50 points on seeds 0-1 and by 0 on seeds 2-3.
+        good = condition == "triplet" and seed < 2
+        hits = {"overcast": [1, 1] if good else [1, 0]}
+        metrics = {"overcast": {"top1": {"10": 0.5}}}
+        return {"condition": condition, "seed": seed, "lr": protocol.lr, "metrics": metrics,
+                "hits": hits}
+
+    outcome = bench.run_decisive(["triplet", "quadruplet"], [0, 1], [1e-4], None, tmp_path,
+                                 tmp_path, 1, 1, runner=fake_run, replicates=50,
+                                 extra_seeds=[1, 2, 3], extra_for=["triplet"])
+    final = [(c, s) for c, s, split in calls if split == "test"]
+    base = [(c, s) for c in ("triplet", "quadruplet", "soft_sigmoid") for s in (0, 1)]
+    assert final[:6] == base
+    # seed 1 is a base seed and is not run twice; the rest go seed by seed
+    assert final[6:] == [("triplet", 2), ("soft_sigmoid", 2), ("triplet", 3), ("soft_sigmoid", 3)]
+    document = outcome["document"]
+    assert document["triplet"]["seeds"] == [0, 1, 2, 3]
+    assert document["quadruplet"]["seeds"] == [0, 1]
+    assert document["triplet"]["diff_to_soft"] == pytest.approx(25.0)  # (50 + 50 + 0 + 0) / 4
+    assert bench._extra_seed_clause(document, [0, 1]) == (
+        ", and seeds 2-3 as well for triplet, soft_sigmoid")
+
+
 def test_per_query_hits_agree_with_the_evaluation(bench, street, tmp_path) -> None:
     from softloc.evaluation.protocol import evaluate_map
     from softloc.localize import build_map

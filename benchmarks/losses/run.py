@@ -7,6 +7,7 @@ Usage::
     python benchmarks/losses/run.py --decisive [--workers N] [--out DIR] [--only NAME ...]
                                     [--seeds 0 1 2 3 4] [--lr-grid 1e-4 3e-4 1e-3]
                                     [--records benchmarks/losses/decisive_runs]
+                                    [--extra-seeds 5 6 ... --extra-for NAME ...]
     python benchmarks/losses/run.py --out DIR --export-records benchmarks/losses/decisive_runs
 
 ``--decisive`` runs the protocol that can decide the paper's claim (issue 11): hard mining on
@@ -16,6 +17,8 @@ rate on the test region, with validation curves, per-query hits and each loss's 
 difference to the soft loss (sigmoid) with a 95 % bootstrap interval over seeds and queries
 (``benchmarks/losses/stats.py``). It writes ``benchmarks/losses/results.json`` and
 ``--results`` (default ``benchmarks/losses/RESULTS_decisive.md``) with two plots.
+``--extra-seeds`` adds seeds for the losses of ``--extra-for`` (and the soft loss) only, where
+an interval is near the 6-point bar; each difference uses the seeds both losses ran.
 
 Each condition (a loss, or the soft loss with one influence function) trains the small
 NetVLAD network at the demo's image size (120 x 90) with the same tuples (anchor + 6 near +
@@ -52,6 +55,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -471,8 +475,15 @@ def run_decisive(
     runner=None,
     replicates: int = 10000,
     quick: bool = False,
+    extra_seeds: Sequence[int] = (),
+    extra_for: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The decisive protocol: grid on validation, chosen rate, seeds on test, statistics.
+
+    ``extra_seeds`` are run, at the chosen rate, for the losses of ``extra_for`` only (and
+    always for the soft loss, their partner in every paired difference): more seeds where an
+    interval is near the 6-point bar, without paying for them on every loss. They are queued
+    seed by seed, so an interrupted invocation leaves the losses with balanced seed counts.
 
     Runs are cached under ``out/grid/lr<lr>/`` and ``out/final/lr<lr>/``, so an interrupted
     run resumes. Returns ``{"chosen_lr", "grid", "results", "document"}``, the document
@@ -499,6 +510,12 @@ def run_decisive(
         protocol = decisive_protocol(steps, lr, "test", quick)
         folders[condition] = out / "final" / f"lr{lr:g}" / "runs" / condition
         final_jobs += [(condition, s, protocol, out / "final" / f"lr{lr:g}") for s in seeds]
+    more = [c for c in conditions if c in set(extra_for) | {REFERENCE}] if extra_seeds else []
+    for seed in (s for s in extra_seeds if s not in seeds):
+        for condition in more:
+            lr = chosen.get(condition, lr_grid[0])
+            protocol = decisive_protocol(steps, lr, "test", quick)
+            final_jobs.append((condition, seed, protocol, out / "final" / f"lr{lr:g}"))
     final_results = run_jobs(final_jobs, dataset, workers, threads, runner)
     hits: dict[str, dict[int, dict[str, list[int]]]] = {}
     for result in final_results:
@@ -619,8 +636,9 @@ def write_decisive_report(
         "for every loss; each loss's learning rate chosen from "
         f"{', '.join(f'{v:g}' for v in lr_grid)} by its mean top-1 at 10 m on the validation "
         f"region (seed {GRID_SEED}); then seeds {', '.join(map(str, seeds))} at that rate on "
-        "the test region. Differences are paired (same seed: same tuples; same queries) and "
-        "their 95 % intervals come from a bootstrap over seeds and queries "
+        "the test region" + _extra_seed_clause(document, seeds) + ". Differences are paired "
+        "(same seed: same tuples; same queries; a loss is paired with the soft loss on the "
+        "seeds both ran) and their 95 % intervals come from a bootstrap over seeds and queries "
         "(benchmarks/losses/stats.py).",
         "",
         decisive_table(document),
@@ -637,6 +655,17 @@ def write_decisive_report(
     if discussion.is_file():
         text += [discussion.read_text(encoding="utf-8").rstrip(), ""]
     write_text(path, "\n".join(text))
+
+
+def _extra_seed_clause(document: dict[str, Any], seeds: list[int]) -> str:
+    """``", and seeds 5-14 more for a, b"`` when some losses ran more than ``seeds``."""
+    extra = sorted({s for e in document.values() for s in e["seeds"]} - set(seeds))
+    if not extra:
+        return ""
+    names = [n for n, e in document.items() if set(extra) & set(e["seeds"])]
+    listed = (f"{extra[0]}-{extra[-1]}" if extra == list(range(extra[0], extra[-1] + 1))
+              else ", ".join(map(str, extra)))
+    return f", and seeds {listed} as well for {', '.join(names)}"
 
 
 #: Files of a run folder that make its cached result (a few kB): kept in the repository so
@@ -730,6 +759,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="lr grid on validation, mining on, 5 seeds, paired intervals")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DECISIVE_LR_GRID))
     parser.add_argument(
+        "--extra-seeds", type=int, nargs="+", default=[],
+        help="--decisive: more seeds, for the losses of --extra-for (and the soft loss) only",
+    )
+    parser.add_argument("--extra-for", nargs="+", choices=sorted(CONDITIONS), default=[])
+    parser.add_argument(
         "--records", type=Path, default=None,
         help="--decisive: seed the cache from this folder of run records first, and copy "
              "every finished run's records into it at the end",
@@ -797,6 +831,11 @@ def main_decisive(args: argparse.Namespace) -> int:
     from softloc.atomic import write_json
 
     seeds = args.seeds or list(DECISIVE_SEEDS)
+    conditions = args.only or list(CONDITIONS)
+    missing = sorted(set(args.extra_for) - set(conditions))
+    if missing:
+        raise SystemExit(f"--extra-for names {', '.join(missing)}, which --only leaves out; "
+                         "add them to --only")
     out = args.out or Path("runs") / "bench_losses_decisive"
     workers = max(1, args.workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -807,8 +846,9 @@ def main_decisive(args: argparse.Namespace) -> int:
     if args.records:
         print(f"took the records of {import_records(args.records, out)} finished runs "
               f"from {args.records}")
-    outcome = run_decisive(args.only or list(CONDITIONS), seeds, args.lr_grid, args.steps,
-                           out, dataset, workers, threads, quick=args.quick)
+    outcome = run_decisive(conditions, seeds, args.lr_grid, args.steps,
+                           out, dataset, workers, threads, quick=args.quick,
+                           extra_seeds=args.extra_seeds, extra_for=args.extra_for)
     if args.records:
         export_records(out, args.records)
     # A --quick run is a smoke test: its files stay in --out, never beside the real table.

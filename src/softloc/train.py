@@ -417,7 +417,7 @@ class Trainer:
         net = self._forward[1] if self._forward is not None and self._forward[0] is model else model
         mine = train_ranks.my_tuples(cfg.tuples_per_step)
         scale = train_ranks.gradient_scale(cfg.tuples_per_step)
-        total, collapse_values = 0.0, []
+        losses, collapse_values = [], []
         for n, index in enumerate(mine):
             prepared = self._take_prepared(step, index)
             if prepared is None:
@@ -432,19 +432,20 @@ class Trainer:
                 with autocast(self.device, cfg.amp):
                     descriptors = net(images)
                 loss = self.loss_fn(descriptors.float(), distances)  # the loss in float32
-                if distributed.world_size() == 1 and not torch.isfinite(loss):
-                    raise self._non_finite(float(loss.detach()), step)
                 scaled = loss if scale == 1 else loss * scale
                 if self._scaler is not None:
                     self._scaler.scale(scaled).backward()
                 else:
                     scaled.backward()
-            total += float(loss.detach())
+            losses.append(loss.detach())  # read once after the loop: one device sync a step
             collapse_values.append(getattr(self.loss_fn, "last_collapse_value", None))
+        total = sum(torch.stack(losses).double().tolist())  # as float(loss) summed in turn
         value, collapse = train_ranks.step_totals(
             total, collapse_values, cfg.tuples_per_step, self.device, step + 1
         )
-        if not np.isfinite(value):  # the same verdict on every rank: the step's loss
+        # The same verdict on every rank, from the step's loss, before the optimizer moves
+        # anything (a non-finite tuple has been back-propagated, but its gradient is dropped).
+        if not np.isfinite(value):
             raise self._non_finite(value, step)
         if hasattr(self.loss_fn, "last_collapse_value"):
             self.loss_fn.last_collapse_value = collapse  # the step's, for the collapse watch
