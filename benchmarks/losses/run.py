@@ -505,17 +505,16 @@ def run_decisive(
     chosen = {c: stats.choose_lr(grid[c]) for c in trained}
     final_jobs = []
     folders = {}
+    placed = {}  # condition -> (its test protocol, its cache folder)
     for condition in conditions:
         lr = chosen.get(condition, lr_grid[0])  # off_the_shelf: the rate is never used
-        protocol = decisive_protocol(steps, lr, "test", quick)
-        folders[condition] = out / "final" / f"lr{lr:g}" / "runs" / condition
-        final_jobs += [(condition, s, protocol, out / "final" / f"lr{lr:g}") for s in seeds]
-    more = [c for c in conditions if c in set(extra_for) | {REFERENCE}] if extra_seeds else []
+        placed[condition] = (decisive_protocol(steps, lr, "test", quick),
+                             out / "final" / f"lr{lr:g}")
+        folders[condition] = placed[condition][1] / "runs" / condition
+        final_jobs += [(condition, s, *placed[condition]) for s in seeds]
+    more = [c for c in conditions if c in set(extra_for) | {REFERENCE}]
     for seed in (s for s in extra_seeds if s not in seeds):
-        for condition in more:
-            lr = chosen.get(condition, lr_grid[0])
-            protocol = decisive_protocol(steps, lr, "test", quick)
-            final_jobs.append((condition, seed, protocol, out / "final" / f"lr{lr:g}"))
+        final_jobs += [(condition, seed, *placed[condition]) for condition in more]
     final_results = run_jobs(final_jobs, dataset, workers, threads, runner)
     hits: dict[str, dict[int, dict[str, list[int]]]] = {}
     for result in final_results:
@@ -658,7 +657,7 @@ def write_decisive_report(
 
 
 def _extra_seed_clause(document: dict[str, Any], seeds: list[int]) -> str:
-    """``", and seeds 5-14 more for a, b"`` when some losses ran more than ``seeds``."""
+    """``", and seeds 5-14 as well for a, b"`` when some losses ran more than ``seeds``."""
     extra = sorted({s for e in document.values() for s in e["seeds"]} - set(seeds))
     if not extra:
         return ""
