@@ -177,14 +177,19 @@ def test_two_process_map_build_writes_one_map_equal_to_one_process(
 def test_two_process_evaluate_equals_one_process_number_for_number(
     long_street, tmp_path: Path, model_file: Path
 ) -> None:
+    """Rank 0 alone computes the metrics (the sequence filter's validation fit included, a
+    collective step both ranks take in the same order) and prints the table once."""
     the_map = build_map(model_file, long_street, tmp_path / "map1", progress=False)
-    evaluate_maps({"map1": the_map}, long_street, tmp_path / "eval1", progress=False)
+    table = evaluate_maps({"map1": the_map}, long_street, tmp_path / "eval1", progress=False,
+                          sequence_lengths=(3,))
     done = torchrun(["evaluate", "--map", str(the_map), "--data", str(long_street.root),
-                     "--out", str(tmp_path / "eval2")], clean_env())
+                     "--out", str(tmp_path / "eval2"), "--sequence", "3"], clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     single = json.loads((tmp_path / "eval1" / "results.json").read_text())
     double = json.loads((tmp_path / "eval2" / "results.json").read_text())
     assert single["map1"]["night"]["num_queries"] == 80  # two batches: one per rank
+    assert "top1_seq3" in single["map1"]["night"]
+    assert done.stdout.count(table.strip()) == 1  # printed by rank 0, not by rank 1
     assert double == single  # every number (floats included), every key
     assert (tmp_path / "eval2" / "results.md").read_text() == (
         tmp_path / "eval1" / "results.md").read_text()

@@ -50,8 +50,8 @@ def evaluate(
     progress: bool = True,
 ) -> str:
     """Evaluate maps on a dataset's split into ``out`` (results.json, results.md, curves.png);
-    return the Markdown table. ``maps`` is ``{name: folder}`` or a list of folders (named as
-    `softloc evaluate` names them)."""
+    return the Markdown table (under torchrun, on rank 0; the other ranks get ``""``). ``maps``
+    is ``{name: folder}`` or a list of folders (named as `softloc evaluate` names them)."""
     from softloc.data.places import read_places
     from softloc.evaluation.protocol import evaluate_maps, model_names
     from softloc.output_folders import claim_output_folder

@@ -146,10 +146,16 @@ def evaluate_map(
     top_k: int = max(RECALL_TOP_N),
     progress: bool = True,
     sequence_lengths: Sequence[int] = (),
+    main_only: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Metrics per condition of one map: ``{condition: evaluate_retrieval(...)}``, plus the
     confidence calibration (:func:`calibration`) and, for each of ``sequence_lengths``, the
     sequence filter's top-1 accuracy ``top1_seq<L>`` (:mod:`softloc.evaluation.sequences`).
+
+    Under torchrun the queries are described by all ranks. With ``main_only`` the descriptors
+    are gathered on rank 0 alone, which computes the metrics; the other ranks take part in
+    the collective steps only (the validation fit of the sequence filter) and return ``{}``.
+    Without it every rank computes, and returns, the same metrics.
 
     ``top_k`` references are retrieved per query (20, for recall@20); ties in similarity are
     ordered by :func:`order_ties`. The descriptors are those of the map's own model, whose
@@ -161,7 +167,15 @@ def evaluate_map(
     warn_if_unrelated(the_map, places, queries, max(thresholds), label=str(map_dir))
     store = image_store(model, [queries.image_path(i) for i in range(len(queries))])
     # split over the ranks of a torchrun launch, gathered in row order before any metric
-    descriptors = extract_over_ranks(model, store, progress=progress, desc="queries")
+    descriptors = extract_over_ranks(model, store, progress=progress, desc="queries",
+                                     main_only=main_only)
+    if descriptors is None:  # another rank, main_only: the same collectives as rank 0, no metric
+        if sequence_lengths:
+            from softloc.evaluation.sequences import fit_on_validation
+            from softloc.sequence import SequenceConfig
+
+            fit_on_validation(model, places, str(the_map.places.traversal[0]), SequenceConfig())
+        return {}
     scores, retrieved = order_ties(*the_map.search(descriptors, top_k))
     results = metrics_by_condition(queries, the_map.places.xy, retrieved, thresholds,
                                    scores=scores)
@@ -285,22 +299,22 @@ def evaluate_maps(
 ) -> str:
     """Evaluate several maps (one per model) on the same queries; write and return the table.
 
-    ``out`` is claimed first (missing, empty or an evaluation, and writable), so a bad
-    ``--out`` fails before any map is evaluated. Name maps with :func:`model_names` when two
-    folders share a name.
+    Under torchrun rank 0 alone computes the metrics and writes them; the other ranks describe
+    their share of the queries and return an empty table. ``out`` is claimed first (missing,
+    empty or an evaluation, and writable), so a bad ``--out`` fails before any map is
+    evaluated. Name maps with :func:`model_names` when two folders share a name.
     """
     if not maps:
         raise ValueError("give at least one map to evaluate")
     claim_output_folder(out, "evaluation")
     results = {
         marked_name(name, path): evaluate_map(path, places, split=split, progress=progress,
-                                              sequence_lengths=sequence_lengths)
+                                              sequence_lengths=sequence_lengths, main_only=True)
         for name, path in maps.items()
     }
     title = f"top-N accuracy on split '{split}'"
-    if distributed.is_main():  # under torchrun rank 0 alone writes; the others had their part
+    table = ""
+    if distributed.is_main():  # under torchrun rank 0 alone computed the metrics and writes
         table = write_results(results, out, title=title)
-    else:
-        table = format_table(results) + "\n" + format_summary_table(results)
     distributed.barrier("results written")  # every rank returns once results.json exists
     return table
