@@ -226,6 +226,62 @@ def test_extra_seeds_run_only_for_the_named_losses_and_the_soft_loss(bench, tmp_
         ", and seeds 2-3 as well for triplet, soft_sigmoid")
 
 
+def test_rates_taken_from_a_results_file_skip_the_grid(bench, tmp_path) -> None:
+    """--lr-from: no validation run, every trained loss at the file's rate, no grid recorded;
+    a loss the file lacks, a file that is not a results.json, and a report folder that is
+    the decisive table's (or none) are refused before anything runs."""
+    import argparse
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"losses": {
+        "soft_sigmoid": {"lr": 3e-4}, "triplet": {"lr": 1e-4}, "off_the_shelf": {"lr": None}}}))
+    rates = bench.rates_from(results, ["triplet", "off_the_shelf"])
+    assert rates == {"soft_sigmoid": 3e-4, "triplet": 1e-4}
+    calls = []
+
+    def fake_run(condition, seed, protocol, dataset, out, threads):
+        calls.append((condition, seed, protocol.lr, protocol.split, protocol.steps))
+        hits = {"overcast": [1, 1] if condition == "triplet" else [1, 0]}
+        return {"condition": condition, "seed": seed, "lr": protocol.lr,
+                "metrics": {"overcast": {"top1": {"10": 0.5}}}, "hits": hits}
+
+    outcome = bench.run_decisive(["triplet"], [0, 1], [1e-4, 3e-4, 1e-3], 3600, tmp_path,
+                                 tmp_path, 1, 1, runner=fake_run, replicates=50,
+                                 chosen_lr=rates)
+    assert {c[3] for c in calls} == {"test"}, "no grid run on validation"
+    assert sorted((c[0], c[2]) for c in calls) == [
+        ("soft_sigmoid", 3e-4), ("soft_sigmoid", 3e-4), ("triplet", 1e-4), ("triplet", 1e-4)]
+    assert {c[4] for c in calls} == {3600} and outcome["steps"] == 3600
+    assert outcome["document"]["triplet"]["lr_grid"] == []
+    assert outcome["document"]["triplet"]["diff_to_soft"] == pytest.approx(50.0)
+    (tmp_path / "discussion.md").write_text("a person's reading")
+    bench.write_decisive_report(tmp_path / "R.md", outcome, [0, 1], [1e-4], 1, 1, 60.0, [],
+                                lr_from=results, discussion=tmp_path / "discussion.md")
+    report = (tmp_path / "R.md").read_text()
+    assert "3,600 training steps" in report and f"taken from `{results}`" in report
+    assert "chosen from" not in report and report.rstrip().endswith("a person's reading")
+    with pytest.raises(ValueError, match="quadruplet"):
+        bench.run_decisive(["quadruplet"], [0], [1e-4], None, tmp_path, tmp_path, 1, 1,
+                           runner=fake_run, chosen_lr=rates)
+    with pytest.raises(SystemExit, match="quadruplet"):
+        bench.rates_from(results, ["quadruplet"])
+    (tmp_path / "other.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not a decisive results.json"):
+        bench.rates_from(tmp_path / "other.json", ["triplet"])
+
+    def args(**given):
+        base = {"report_dir": None, "lr_from": None, "quick": False, "out": None}
+        return argparse.Namespace(**{**base, **given})
+
+    assert bench.report_folder(args()) == bench.HERE
+    assert bench.report_folder(args(report_dir=tmp_path / "long")) == tmp_path / "long"
+    with pytest.raises(SystemExit, match="needs --report-dir"):
+        bench.report_folder(args(lr_from=results))
+    with pytest.raises(SystemExit, match="holds the decisive table"):
+        bench.report_folder(args(lr_from=results, report_dir=bench.HERE))
+    assert bench.report_folder(args(lr_from=results, report_dir=tmp_path)) == tmp_path
+
+
 def test_per_query_hits_agree_with_the_evaluation(bench, street, tmp_path) -> None:
     from softloc.evaluation.protocol import evaluate_map
     from softloc.localize import build_map

@@ -8,6 +8,9 @@ Usage::
                                     [--seeds 0 1 2 3 4] [--lr-grid 1e-4 3e-4 1e-3]
                                     [--records benchmarks/losses/decisive_runs]
                                     [--extra-seeds 5 6 ... --extra-for NAME ...]
+    python benchmarks/losses/run.py --decisive --steps 3600 --only soft_sigmoid contrastive ...
+                                    --lr-from benchmarks/losses/results.json
+                                    --report-dir benchmarks/losses/length_3600
     python benchmarks/losses/run.py --out DIR --export-records benchmarks/losses/decisive_runs
 
 ``--decisive`` runs the protocol that can decide the paper's claim (issue 11): hard mining on
@@ -19,6 +22,9 @@ difference to the soft loss (sigmoid) with a 95 % bootstrap interval over seeds 
 ``--results`` (default ``benchmarks/losses/RESULTS_decisive.md``) with two plots.
 ``--extra-seeds`` adds seeds for the losses of ``--extra-for`` (and the soft loss) only, where
 an interval is near the 6-point bar; each difference uses the seeds both losses ran.
+``--lr-from`` takes each loss's rate from a decisive ``results.json`` instead of running the
+grid (e.g. the same losses trained 3 times longer, to see whether the curves flatten and the
+order holds); such a run writes into its own ``--report-dir``, never over the table.
 
 Each condition (a loss, or the soft loss with one influence function) trains the small
 NetVLAD network at the demo's image size (120 x 90) with the same tuples (anchor + 6 near +
@@ -477,8 +483,13 @@ def run_decisive(
     quick: bool = False,
     extra_seeds: Sequence[int] = (),
     extra_for: Sequence[str] = (),
+    chosen_lr: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The decisive protocol: grid on validation, chosen rate, seeds on test, statistics.
+
+    ``chosen_lr`` (``{loss: rate}``, e.g. another budget's choice, see ``--lr-from``) skips
+    the grid: every trained loss runs at its given rate, and a trained loss without one is
+    refused before anything runs.
 
     ``extra_seeds`` are run, at the chosen rate, for the losses of ``extra_for`` only (and
     always for the soft loss, their partner in every paired difference): more seeds where an
@@ -493,8 +504,12 @@ def run_decisive(
     if REFERENCE not in conditions:
         conditions = [*conditions, REFERENCE]  # every difference is to the soft loss
     trained = [c for c in conditions if c != "off_the_shelf"]
+    if chosen_lr is not None:
+        missing = [c for c in trained if c not in chosen_lr]
+        if missing:
+            raise ValueError(f"no learning rate given for {', '.join(missing)}")
     grid_jobs = []
-    for condition in trained:
+    for condition in trained if chosen_lr is None else ():
         for lr in lr_grid:
             protocol = decisive_protocol(steps, lr, "val", quick)
             grid_jobs.append((condition, GRID_SEED, protocol, out / "grid" / f"lr{lr:g}"))
@@ -502,7 +517,8 @@ def run_decisive(
     for result, (_, _, protocol, _) in zip(grid_results, grid_jobs, strict=True):
         result.setdefault("lr", protocol.lr)
     grid = grid_scores(grid_results)
-    chosen = {c: stats.choose_lr(grid[c]) for c in trained}
+    chosen = ({c: stats.choose_lr(grid[c]) for c in trained} if chosen_lr is None
+              else {c: chosen_lr[c] for c in trained})
     final_jobs = []
     folders = {}
     placed = {}  # condition -> (its test protocol, its cache folder)
@@ -520,10 +536,12 @@ def run_decisive(
     for result in final_results:
         if "error" not in result:
             hits.setdefault(result["condition"], {})[result["seed"]] = result["hits"]
-    document = stats.results_document(lr_grid, chosen, hits, reference=REFERENCE,
+    document = stats.results_document(lr_grid if chosen_lr is None else [], chosen, hits,
+                                      reference=REFERENCE,
                                       replicates=replicates)
+    steps_run = next(iter(placed.values()))[0].steps
     return {"chosen_lr": chosen, "grid": grid, "results": final_results, "document": document,
-            "folders": folders}
+            "folders": folders, "steps": steps_run}
 
 
 def verdict(entry: dict[str, Any]) -> str:
@@ -616,8 +634,12 @@ def plot_decisive(document: dict[str, Any], out: Path, folders: dict[str, Path])
 def write_decisive_report(
     path: Path, outcome: dict[str, Any], seeds: list[int], lr_grid: list[float],
     workers: int, threads: int, wall_seconds: float, plots: list[Path],
+    lr_from: Path | None = None, discussion: Path | None = None,
 ) -> None:
-    """The decisive table with commands, machine, date, plots and what it decides."""
+    """The decisive table with commands, machine, date, plots and what it decides.
+
+    ``lr_from``: the rates were taken from that results.json, not chosen by a grid here.
+    ``discussion``: a person's interpretation, appended when the file exists."""
     from softloc.atomic import write_text
 
     document = outcome["document"]
@@ -632,9 +654,13 @@ def write_decisive_report(
         f"this invocation {wall_seconds / 60:.1f} min (cached runs are not retrained).",
         "",
         "Protocol: as the mining-off table ([RESULTS.md](RESULTS.md)) but with hard mining on "
-        "for every loss; each loss's learning rate chosen from "
-        f"{', '.join(f'{v:g}' for v in lr_grid)} by its mean top-1 at 10 m on the validation "
-        f"region (seed {GRID_SEED}); then seeds {', '.join(map(str, seeds))} at that rate on "
+        f"for every loss and {outcome['steps']:,} training steps; "
+        + (f"each loss's learning rate taken from `{lr_from}` (chosen there on the "
+           "validation region at that file's budget; no grid here)" if lr_from is not None
+           else "each loss's learning rate chosen from "
+           f"{', '.join(f'{v:g}' for v in lr_grid)} by its mean top-1 at 10 m on the "
+           f"validation region (seed {GRID_SEED})")
+        + f"; then seeds {', '.join(map(str, seeds))} at that rate on "
         "the test region" + _extra_seed_clause(document, seeds) + ". Differences are paired "
         "(same seed: same tuples; same queries; a loss is paired with the soft loss on the "
         "seeds both ran) and their 95 % intervals come from a bootstrap over seeds and queries "
@@ -650,8 +676,7 @@ def write_decisive_report(
            "Every interval is at most 6 points wide."),
         "",
     ]
-    discussion = HERE / "decisive_discussion.md"  # the interpretation, written by a person
-    if discussion.is_file():
+    if discussion is not None and discussion.is_file():
         text += [discussion.read_text(encoding="utf-8").rstrip(), ""]
     write_text(path, "\n".join(text))
 
@@ -773,6 +798,17 @@ def main(argv: list[str] | None = None) -> int:
              "nothing (e.g. to commit a partial table before a session ends)",
     )
     parser.add_argument(
+        "--lr-from", type=Path, default=None,
+        help="--decisive: take each loss's learning rate from this decisive results.json "
+             "(chosen there on validation) instead of running the grid, e.g. to train the "
+             "same losses longer; needs --report-dir",
+    )
+    parser.add_argument(
+        "--report-dir", type=Path, default=None,
+        help="--decisive: write results.json, the report and its plots into this folder "
+             "(default: benchmarks/losses/, the decisive table itself)",
+    )
+    parser.add_argument(
         "--split", default="test", choices=["test", "val"],
         help="region evaluated (val: for choosing settings such as the learning rate)",
     )
@@ -825,6 +861,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def report_folder(args: argparse.Namespace) -> Path:
+    """Where ``--decisive`` writes results.json, the report and the plots: ``--report-dir``;
+    else ``--out`` for a ``--quick`` smoke test, else this folder (the decisive table).
+
+    A run that is not the decisive table (``--lr-from``: rates taken, no grid) must name its
+    own ``--report-dir``, so it never overwrites the table's files."""
+    if args.report_dir is not None:
+        if args.lr_from is not None and args.report_dir.resolve() == HERE.resolve():
+            raise SystemExit(f"--report-dir {args.report_dir} holds the decisive table; a run "
+                             "with --lr-from writes into a folder of its own")
+        return args.report_dir
+    if args.lr_from is not None:
+        raise SystemExit("--lr-from needs --report-dir (a folder of its own, so the decisive "
+                         "table's results.json and report are not overwritten)")
+    return (args.out or Path("runs") / "bench_losses_decisive") if args.quick else HERE
+
+
+def rates_from(path: Path, conditions: Sequence[str]) -> dict[str, float]:
+    """``{loss: learning rate}`` of a decisive ``results.json``, for the trained losses of
+    ``conditions``; a clear error when the file is not one or lacks a loss."""
+    try:
+        losses = json.loads(path.read_text(encoding="utf-8"))["losses"]
+        rates = {name: float(entry["lr"]) for name, entry in losses.items()
+                 if entry.get("lr") is not None}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--lr-from {path}: not a decisive results.json ({error}); give "
+                         "benchmarks/losses/results.json") from error
+    missing = [c for c in conditions if c != "off_the_shelf" and c not in rates]
+    if REFERENCE not in rates:
+        missing.append(REFERENCE)
+    if missing:
+        raise SystemExit(f"--lr-from {path} has no learning rate for {', '.join(missing)}")
+    return rates
+
+
 def main_decisive(args: argparse.Namespace) -> int:
     """``--decisive``: see :func:`run_decisive`; writes results.json, the report, plots."""
     from softloc.atomic import write_json
@@ -835,6 +906,8 @@ def main_decisive(args: argparse.Namespace) -> int:
     if missing:
         raise SystemExit(f"--extra-for names {', '.join(missing)}, which --only leaves out; "
                          "add them to --only")
+    where = report_folder(args)
+    chosen_lr = rates_from(args.lr_from, conditions) if args.lr_from else None
     out = args.out or Path("runs") / "bench_losses_decisive"
     workers = max(1, args.workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -847,13 +920,15 @@ def main_decisive(args: argparse.Namespace) -> int:
               f"from {args.records}")
     outcome = run_decisive(conditions, seeds, args.lr_grid, args.steps,
                            out, dataset, workers, threads, quick=args.quick,
-                           extra_seeds=args.extra_seeds, extra_for=args.extra_for)
+                           extra_seeds=args.extra_seeds, extra_for=args.extra_for,
+                           chosen_lr=chosen_lr)
     if args.records:
         export_records(out, args.records)
-    # A --quick run is a smoke test: its files stay in --out, never beside the real table.
-    where = out if args.quick else HERE
+    where.mkdir(parents=True, exist_ok=True)
     write_json(where / "results.json", {
-        "protocol": "decisive (issue 11)", "lr_grid": args.lr_grid, "seeds": seeds,
+        "protocol": "decisive (issue 11)", "steps": outcome["steps"],
+        "lr_grid": args.lr_grid if chosen_lr is None else [],
+        "lr_from": None if args.lr_from is None else str(args.lr_from), "seeds": seeds,
         "grid_top1_10m_val": {c: {f"{lr:g}": v for lr, v in g.items()}
                               for c, g in outcome["grid"].items()},
         "losses": outcome["document"],
@@ -861,7 +936,9 @@ def main_decisive(args: argparse.Namespace) -> int:
     plots = plot_decisive(outcome["document"], where, outcome["folders"])
     report = args.results or where / "RESULTS_decisive.md"
     write_decisive_report(report, outcome, seeds, args.lr_grid, workers, threads,
-                          time.perf_counter() - began, plots)
+                          time.perf_counter() - began, plots, lr_from=args.lr_from,
+                          discussion=where / ("decisive_discussion.md" if where == HERE
+                                              else "discussion.md"))
     print(decisive_table(outcome["document"]))
     print(f"wrote {where / 'results.json'} and {report}")
     return 0
