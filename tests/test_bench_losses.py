@@ -212,7 +212,7 @@ def test_extra_seeds_run_only_for_the_named_losses_and_the_soft_loss(bench, tmp_
 
     outcome = bench.run_decisive(["triplet", "quadruplet"], [0, 1], [1e-4], None, tmp_path,
                                  tmp_path, 1, 1, runner=fake_run, replicates=50,
-                                 extra_seeds=[1, 2, 3], extra_for=["triplet"])
+                                 extra=[([1, 2, 3], ["triplet"])])
     final = [(c, s) for c, s, split in calls if split == "test"]
     base = [(c, s) for c in ("triplet", "quadruplet", "soft_sigmoid") for s in (0, 1)]
     assert final[:6] == base
@@ -280,6 +280,31 @@ def test_rates_taken_from_a_results_file_skip_the_grid(bench, tmp_path) -> None:
     with pytest.raises(SystemExit, match="holds the decisive table"):
         bench.report_folder(args(lr_from=results, report_dir=bench.HERE))
     assert bench.report_folder(args(lr_from=results, report_dir=tmp_path)) == tmp_path
+
+
+def test_extra_seed_tiers_queue_in_order_without_repeats(bench, tmp_path) -> None:
+    """Two tiers: seeds 2-3 for both losses, then 2-5 for triplet only; each (loss, seed) runs
+    once, the second tier after the first, and the report names each group's seeds."""
+    calls = []
+
+    def fake_run(condition, seed, protocol, dataset, out, threads):
+        calls.append((condition, seed, protocol.split))
+        return {"condition": condition, "seed": seed, "lr": protocol.lr,
+                "metrics": {"overcast": {"top1": {"10": 0.5}}}, "hits": {"overcast": [1, 0]}}
+
+    outcome = bench.run_decisive(["triplet", "quadruplet"], [0, 1], [1e-4], None, tmp_path,
+                                 tmp_path, 1, 1, runner=fake_run, replicates=50,
+                                 extra=[([2, 3], ["triplet", "quadruplet"]),
+                                        ([2, 3, 4, 5], ["triplet"])])
+    final = [(c, s) for c, s, split in calls if split == "test"]
+    assert len(final) == len(set(final))
+    assert final[6:] == [(c, s) for s in (2, 3) for c in ("triplet", "quadruplet", "soft_sigmoid")
+                         ] + [(c, s) for s in (4, 5) for c in ("triplet", "soft_sigmoid")]
+    document = outcome["document"]
+    assert document["quadruplet"]["seeds"] == [0, 1, 2, 3]
+    assert document["triplet"]["seeds"] == [0, 1, 2, 3, 4, 5]
+    assert bench._extra_seed_clause(document, [0, 1]) == (
+        ", and seeds 2-3 as well for quadruplet; seeds 2-5 for triplet, soft_sigmoid")
 
 
 def test_per_query_hits_agree_with_the_evaluation(bench, street, tmp_path) -> None:

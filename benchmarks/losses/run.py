@@ -7,7 +7,7 @@ Usage::
     python benchmarks/losses/run.py --decisive [--workers N] [--out DIR] [--only NAME ...]
                                     [--seeds 0 1 2 3 4] [--lr-grid 1e-4 3e-4 1e-3]
                                     [--records benchmarks/losses/decisive_runs]
-                                    [--extra-seeds 5 6 ... --extra-for NAME ...]
+                                    [--extra-seeds 5 6 ... --extra-for NAME ...] ...
     python benchmarks/losses/run.py --decisive --steps 3600 --only soft_sigmoid contrastive ...
                                     --lr-from benchmarks/losses/results.json
                                     --report-dir benchmarks/losses/length_3600
@@ -21,7 +21,9 @@ difference to the soft loss (sigmoid) with a 95 % bootstrap interval over seeds 
 (``benchmarks/losses/stats.py``). It writes ``benchmarks/losses/results.json`` and
 ``--results`` (default ``benchmarks/losses/RESULTS_decisive.md``) with two plots.
 ``--extra-seeds`` adds seeds for the losses of ``--extra-for`` (and the soft loss) only, where
-an interval is near the 6-point bar; each difference uses the seeds both losses ran.
+an interval is near the 6-point bar; each difference uses the seeds both losses ran. The pair
+may be repeated, one tier each (e.g. seeds 5-14 for every loss, then 15-24 for the losses
+nearest the bar), the tiers queued in order.
 ``--lr-from`` takes each loss's rate from a decisive ``results.json`` instead of running the
 grid (e.g. the same losses trained 3 times longer, to see whether the curves flatten and the
 order holds); such a run writes into its own ``--report-dir``, never over the table.
@@ -481,8 +483,7 @@ def run_decisive(
     runner=None,
     replicates: int = 10000,
     quick: bool = False,
-    extra_seeds: Sequence[int] = (),
-    extra_for: Sequence[str] = (),
+    extra: Sequence[tuple[Sequence[int], Sequence[str]]] = (),
     chosen_lr: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The decisive protocol: grid on validation, chosen rate, seeds on test, statistics.
@@ -491,10 +492,12 @@ def run_decisive(
     the grid: every trained loss runs at its given rate, and a trained loss without one is
     refused before anything runs.
 
-    ``extra_seeds`` are run, at the chosen rate, for the losses of ``extra_for`` only (and
-    always for the soft loss, their partner in every paired difference): more seeds where an
-    interval is near the 6-point bar, without paying for them on every loss. They are queued
-    seed by seed, so an interrupted invocation leaves the losses with balanced seed counts.
+    ``extra`` holds tiers ``(seeds, losses)``: the tier's seeds are run, at the chosen rate,
+    for its losses only (and always for the soft loss, their partner in every paired
+    difference): more seeds where an interval is near the 6-point bar, without paying for them
+    on every loss. Tiers are queued in order and each seed by seed, so an interrupted
+    invocation leaves the losses of a tier with balanced seed counts; a (loss, seed) already
+    queued is not queued again.
 
     Runs are cached under ``out/grid/lr<lr>/`` and ``out/final/lr<lr>/``, so an interrupted
     run resumes. Returns ``{"chosen_lr", "grid", "results", "document"}``, the document
@@ -528,9 +531,14 @@ def run_decisive(
                              out / "final" / f"lr{lr:g}")
         folders[condition] = placed[condition][1] / "runs" / condition
         final_jobs += [(condition, s, *placed[condition]) for s in seeds]
-    more = [c for c in conditions if c in set(extra_for) | {REFERENCE}]
-    for seed in (s for s in extra_seeds if s not in seeds):
-        final_jobs += [(condition, seed, *placed[condition]) for condition in more]
+    queued = {(condition, seed) for condition in conditions for seed in seeds}
+    for tier_seeds, tier_losses in extra:
+        more = [c for c in conditions if c in set(tier_losses) | {REFERENCE}]
+        for seed in tier_seeds:
+            for condition in more:
+                if (condition, seed) not in queued:
+                    queued.add((condition, seed))
+                    final_jobs.append((condition, seed, *placed[condition]))
     final_results = run_jobs(final_jobs, dataset, workers, threads, runner)
     hits: dict[str, dict[int, dict[str, list[int]]]] = {}
     for result in final_results:
@@ -682,14 +690,22 @@ def write_decisive_report(
 
 
 def _extra_seed_clause(document: dict[str, Any], seeds: list[int]) -> str:
-    """``", and seeds 5-14 as well for a, b"`` when some losses ran more than ``seeds``."""
-    extra = sorted({s for e in document.values() for s in e["seeds"]} - set(seeds))
-    if not extra:
+    """``", and seeds 5-14 as well for a, b"`` when some losses ran more than ``seeds``; with
+    tiers, one group per set of extra seeds (``"...; seeds 5-24 for c"``)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name, entry in document.items():
+        extra = tuple(sorted(set(entry["seeds"]) - set(seeds)))
+        if extra:
+            groups.setdefault(extra, []).append(name)
+    if not groups:
         return ""
-    names = [n for n, e in document.items() if set(extra) & set(e["seeds"])]
-    listed = (f"{extra[0]}-{extra[-1]}" if extra == list(range(extra[0], extra[-1] + 1))
-              else ", ".join(map(str, extra)))
-    return f", and seeds {listed} as well for {', '.join(names)}"
+    parts = []
+    for extra, names in sorted(groups.items(), key=lambda g: (len(g[0]), g[0])):
+        listed = (f"{extra[0]}-{extra[-1]}" if list(extra) == list(range(extra[0], extra[-1] + 1))
+                  else ", ".join(map(str, extra)))
+        parts.append(f"seeds {listed}" + (" as well" if not parts else "")
+                     + f" for {', '.join(names)}")
+    return ", and " + "; ".join(parts)
 
 
 #: Files of a run folder that make its cached result (a few kB): kept in the repository so
@@ -783,10 +799,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="lr grid on validation, mining on, 5 seeds, paired intervals")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DECISIVE_LR_GRID))
     parser.add_argument(
-        "--extra-seeds", type=int, nargs="+", default=[],
-        help="--decisive: more seeds, for the losses of --extra-for (and the soft loss) only",
+        "--extra-seeds", type=int, nargs="+", action="append", default=[],
+        help="--decisive: more seeds, for the losses of the --extra-for that follows (and the "
+             "soft loss) only; repeat the pair for another tier",
     )
-    parser.add_argument("--extra-for", nargs="+", choices=sorted(CONDITIONS), default=[])
+    parser.add_argument("--extra-for", nargs="+", choices=sorted(CONDITIONS), action="append",
+                        default=[])
     parser.add_argument(
         "--records", type=Path, default=None,
         help="--decisive: seed the cache from this folder of run records first, and copy "
@@ -902,7 +920,10 @@ def main_decisive(args: argparse.Namespace) -> int:
 
     seeds = args.seeds or list(DECISIVE_SEEDS)
     conditions = args.only or list(CONDITIONS)
-    missing = sorted(set(args.extra_for) - set(conditions))
+    if len(args.extra_seeds) != len(args.extra_for):
+        raise SystemExit(f"{len(args.extra_seeds)} --extra-seeds but {len(args.extra_for)} "
+                         "--extra-for: give them in pairs, one pair a tier")
+    missing = sorted({n for tier in args.extra_for for n in tier} - set(conditions))
     if missing:
         raise SystemExit(f"--extra-for names {', '.join(missing)}, which --only leaves out; "
                          "add them to --only")
@@ -920,7 +941,7 @@ def main_decisive(args: argparse.Namespace) -> int:
               f"from {args.records}")
     outcome = run_decisive(conditions, seeds, args.lr_grid, args.steps,
                            out, dataset, workers, threads, quick=args.quick,
-                           extra_seeds=args.extra_seeds, extra_for=args.extra_for,
+                           extra=list(zip(args.extra_seeds, args.extra_for, strict=True)),
                            chosen_lr=chosen_lr)
     if args.records:
         export_records(out, args.records)
