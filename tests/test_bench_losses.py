@@ -142,6 +142,16 @@ def test_bootstrap_interval_over_seeds_by_hand(stats) -> None:
     assert stats.bootstrap_difference_ci(same, none, replicates=200) == (100.0, 100.0)
 
 
+def test_bootstrap_interval_does_not_depend_on_the_order_of_conditions(stats) -> None:
+    """Cached and fresh results list conditions in different orders; the same seed must give
+    the same interval."""
+    loss = {0: {"a": [1, 0, 1], "b": [1, 1]}, 1: {"a": [0, 0, 1], "b": [1, 0]}}
+    soft = {0: {"a": [0, 0, 1], "b": [0, 1]}, 1: {"a": [0, 1, 1], "b": [1, 1]}}
+    flipped = {s: dict(reversed(list(h.items()))) for s, h in loss.items()}
+    assert stats.bootstrap_difference_ci(loss, soft, replicates=200) == (
+        stats.bootstrap_difference_ci(flipped, soft, replicates=200))
+
+
 def test_loss_summary_has_the_issue_schema(stats) -> None:
     entry = stats.loss_summary([1e-4, 3e-4], 3e-4, LOSS_HITS, SOFT_HITS, replicates=500)
     assert set(entry) >= {"lr_grid", "lr", "seeds", "per_seed", "mean_top1_10m",

@@ -651,6 +651,7 @@ def write_decisive_report(
     from softloc.atomic import write_text
 
     document = outcome["document"]
+    mining_off = Path(os.path.relpath(HERE / "RESULTS.md", path.resolve().parent)).as_posix()
     command = "python benchmarks/losses/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     undecided = [n for n, e in document.items() if n != REFERENCE and not e["ci_width_ok"]]
     text = [
@@ -661,7 +662,7 @@ def write_decisive_report(
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; wall time of "
         f"this invocation {wall_seconds / 60:.1f} min (cached runs are not retrained).",
         "",
-        "Protocol: as the mining-off table ([RESULTS.md](RESULTS.md)) but with hard mining on "
+        f"Protocol: as the mining-off table ([RESULTS.md]({mining_off})) but with hard mining on "
         f"for every loss and {outcome['steps']:,} training steps; "
         + (f"each loss's learning rate taken from `{lr_from}` (chosen there on the "
            "validation region at that file's budget; no grid here)" if lr_from is not None
@@ -701,9 +702,11 @@ def _extra_seed_clause(document: dict[str, Any], seeds: list[int]) -> str:
         return ""
     parts = []
     for extra, names in sorted(groups.items(), key=lambda g: (len(g[0]), g[0])):
-        listed = (f"{extra[0]}-{extra[-1]}" if list(extra) == list(range(extra[0], extra[-1] + 1))
+        listed = (str(extra[0]) if len(extra) == 1 else f"{extra[0]}-{extra[-1]}"
+                  if list(extra) == list(range(extra[0], extra[-1] + 1))
                   else ", ".join(map(str, extra)))
-        parts.append(f"seeds {listed}" + (" as well" if not parts else "")
+        parts.append(("seed " if len(extra) == 1 else "seeds ") + listed
+                     + (" as well" if not parts else "")
                      + f" for {', '.join(names)}")
     return ", and " + "; ".join(parts)
 

@@ -70,7 +70,7 @@ def _paired_arrays(
     seeds = sorted(set(loss) & set(soft))
     if not seeds:
         raise ValueError("the loss and the soft loss share no seed")
-    conditions = list(loss[seeds[0]])
+    conditions = sorted(loss[seeds[0]])  # a fixed order: the bootstrap draws follow it
     differences = []
     for condition in conditions:
         rows = []
