@@ -547,9 +547,8 @@ def run_decisive(
     document = stats.results_document(lr_grid if chosen_lr is None else [], chosen, hits,
                                       reference=REFERENCE,
                                       replicates=replicates)
-    steps_run = next(iter(placed.values()))[0].steps
     return {"chosen_lr": chosen, "grid": grid, "results": final_results, "document": document,
-            "folders": folders, "steps": steps_run}
+            "folders": folders, "steps": placed[REFERENCE][0].steps}
 
 
 def verdict(entry: dict[str, Any]) -> str:
@@ -909,9 +908,9 @@ def rates_from(path: Path, conditions: Sequence[str]) -> dict[str, float]:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SystemExit(f"--lr-from {path}: not a decisive results.json ({error}); give "
                          "benchmarks/losses/results.json") from error
-    missing = [c for c in conditions if c != "off_the_shelf" and c not in rates]
-    if REFERENCE not in rates:
-        missing.append(REFERENCE)
+    # checked here, before the town is prepared; run_decisive checks the same again
+    missing = [c for c in dict.fromkeys([*conditions, REFERENCE])
+               if c != "off_the_shelf" and c not in rates]
     if missing:
         raise SystemExit(f"--lr-from {path} has no learning rate for {', '.join(missing)}")
     return rates
@@ -961,7 +960,8 @@ def main_decisive(args: argparse.Namespace) -> int:
     report = args.results or where / "RESULTS_decisive.md"
     write_decisive_report(report, outcome, seeds, args.lr_grid, workers, threads,
                           time.perf_counter() - began, plots, lr_from=args.lr_from,
-                          discussion=where / ("decisive_discussion.md" if where == HERE
+                          discussion=where / ("decisive_discussion.md"
+                                              if where.resolve() == HERE.resolve()
                                               else "discussion.md"))
     print(decisive_table(outcome["document"]))
     print(f"wrote {where / 'results.json'} and {report}")

@@ -171,10 +171,7 @@ def evaluate_map(
                                      main_only=main_only)
     if descriptors is None:  # another rank, main_only: the same collectives as rank 0, no metric
         if sequence_lengths:
-            from softloc.evaluation.sequences import fit_on_validation
-            from softloc.sequence import SequenceConfig
-
-            fit_on_validation(model, places, str(the_map.places.traversal[0]), SequenceConfig())
+            fitted_sequence_config(model, places, the_map)
         return {}
     scores, retrieved = order_ties(*the_map.search(descriptors, top_k))
     results = metrics_by_condition(queries, the_map.places.xy, retrieved, thresholds,
@@ -199,11 +196,9 @@ def add_sequence_results(
     """Add ``top1_seq<L>`` (top-1 accuracy per threshold of the sequence filter with windows
     of L frames) to each condition of ``results``; the filter's temperature is fitted on the
     validation region first."""
-    from softloc.evaluation.sequences import accuracy_by_length, fit_on_validation
-    from softloc.sequence import SequenceConfig
+    from softloc.evaluation.sequences import accuracy_by_length
 
-    traversal = str(the_map.places.traversal[0])
-    config = fit_on_validation(model, places, traversal, SequenceConfig())
+    config = fitted_sequence_config(model, places, the_map)
     valid = retrieved >= 0
     distances = np.where(valid, np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0), 4.0)
     by_length = accuracy_by_length(queries, retrieved, distances, the_map.places.xy, config,
@@ -211,6 +206,16 @@ def add_sequence_results(
     for length, per_condition in by_length.items():
         for condition, accuracy in per_condition.items():
             results[condition][f"top1_seq{length}"] = accuracy
+
+
+def fitted_sequence_config(model: Any, places: PlaceTable, the_map: Map) -> Any:
+    """The sequence filter's default config with its temperature fitted on the validation
+    region against the map's reference traversal; under torchrun every rank must call it
+    (its extraction is a collective step)."""
+    from softloc.evaluation.sequences import fit_on_validation
+    from softloc.sequence import SequenceConfig
+
+    return fit_on_validation(model, places, str(the_map.places.traversal[0]), SequenceConfig())
 
 
 def calibration(
